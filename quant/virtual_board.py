@@ -1,0 +1,686 @@
+"""A virtual ESP32-S3 test app on a pseudo-terminal: the target tests' path without hardware.
+
+`quant virtual-board --variant int8 [--fault NAME]` opens a pty, prints its path (and writes it to
+`--pty-file`), and then behaves like `firmware/` on a real board: silent until the host sends
+`reset` (the esp service's hard reset; pyserial flushes input when it opens the port, so anything
+printed earlier would be lost), then an ESP-IDF-like boot log, `BOOT` and `READY`; `run` / `run dump`
+print the result protocol (docs/protocol.md), formatted by quant.protocol.format_line.
+
+What is virtual (and labelled so): `BOOT board=virtual`; outputs come from the host .espdl
+interpreter (`source=interpreter`) when quant.interpreter exists, else from the stored PPQ simulator
+reference (`source=reference`); latency and memory are the .info *estimates* with a small
+deterministic jitter, never measurements. `FAULTS` injects every fault a bench shows.
+
+Library: `with start("int8", fault="panic") as board: ... board.port ...`.
+This module imports only the standard library at import time (numpy only when the interpreter runs),
+so the board starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quant.errors import UserError
+from quant.paths import MODELS, REPO, VARIANTS, VECTORS_BIN, variant_file
+
+FAULTS: dict[str, str] = {
+    "none": "a correct board",
+    "off_by_one": "one output element of one vector is one LSB off (int8: +1)",
+    "wrong_exponent": "one vector's output exponent is off by one",
+    "reset": "the board resets in the middle of a run (ROM banner rst:0xc), then boots again",
+    "panic": "Guru Meditation Error (LoadProhibited) mid-run, backtrace, reboot banner, boots again",
+    "truncated": "one TENSOR line is cut in the middle (bytes lost on the UART)",
+    "bad_checksum": "one payload line has a flipped digit and a checksum that no longer matches",
+    "silent": "the board stops printing in the middle of a run and never ends",
+    "slow_latency": "median latency 30 % above the budget",
+    "memory_over": "the low-water mark shows 25 % more internal RAM used than the budget",
+    "stale_model": "the board reports the SHA-256 of another model (stale flash)",
+    "chatter": "unrelated log lines interleaved, some mentioning TENSOR without the magic, "
+    "log prefixes before valid lines (must still pass)",
+    "version": "every protocol line carries another protocol version (@gm2)",
+    "selftest_fail": "ESP-DL model->test() fails on the embedded test value",
+    "layer_fault": "one intermediate layer computes wrong values; every tensor downstream and "
+    "every output differ (for the bisect path: `run dump` shows the first diverging layer)",
+}
+
+FAULT_VECTOR = 3  # the vector a fault strikes (clamped to the vector count)
+FAULT_ELEMENT = 2  # the output element off_by_one changes (clamped to the output size)
+LIFETIME_S = 3600.0  # a forgotten board exits after this long
+CPU_MHZ = 240
+PSRAM_BYTES = 8 * 1024 * 1024
+INTERNAL_FREE_BEFORE_LOAD = 381_612  # a plausible ESP32-S3 free internal heap at app_main (virtual)
+PSRAM_FREE_BEFORE_LOAD = 8_321_028  # a plausible free PSRAM at app_main (virtual)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the board knows: the variant's files
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tensor:
+    name: str
+    dtype: str
+    shape: list[int]
+    exponent: int
+    data: list[int]
+
+
+@dataclass
+class VariantData:
+    variant: str
+    espdl_bytes: bytes
+    input_exponent: int
+    input_dtype: str
+    vector_names: list[str]
+    outputs: list[list[Tensor]]  # per vector, in the reference's order
+    source: str  # "interpreter" or "reference"
+    latency_basis_us: int
+    latency_budget_us: int
+    internal_basis: int
+    internal_budget: int
+    psram_basis: int
+    psram_budget: int
+    tolerance: dict
+    intermediates: list[Tensor] = field(default_factory=list)  # vector 0, execution order (dump)
+    dump_error: str = ""  # why `run dump` is unsupported, when it is
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.espdl_bytes).hexdigest()
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing ({what}); run `quant build` first") from None
+
+
+def _budget(info: dict, key: str, path: Path) -> tuple[int, int]:
+    try:
+        section = info["budgets"][key]
+        return int(section["basis"]), int(section["value"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{path} has no [budgets.{key}] with integer basis and value; rebuild it with `quant build`"
+        ) from None
+
+
+def _interpreter():
+    """quant.interpreter.run_espdl when the host interpreter exists, else None."""
+    try:
+        from quant import interpreter  # noqa: PLC0415  (optional, lands with the espdl reader)
+    except ImportError:
+        return None
+    return getattr(interpreter, "run_espdl", None)
+
+
+def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto") -> VariantData:
+    """Read what the board needs from models/gesture_model_<variant>/ (outputs: see `source`)."""
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    models_dir = Path(models_dir)
+    espdl_path = variant_file(variant, ".espdl", models_dir)
+    info_path = variant_file(variant, ".info", models_dir)
+    json_path = variant_file(variant, ".json", models_dir)
+    ref_path = variant_file(variant, ".reference.json", models_dir)
+    espdl = _read(espdl_path, "the deployable model")
+    try:
+        info = tomllib.loads(_read(info_path, "budgets").decode())
+        config = json.loads(_read(json_path, "model config"))
+        reference = json.loads(_read(ref_path, "simulator reference"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"a file in {espdl_path.parent} is not valid ({exc}); rebuild with `quant build`") from None
+    try:
+        names = [o["name"] for o in reference["outputs"]]
+        outputs = [
+            [
+                Tensor(n, t["dtype"], [int(d) for d in t["shape"]], int(t["exponent"]), [int(v) for v in t["data"]])
+                for n, t in o["tensors"].items()
+            ]
+            for o in reference["outputs"]
+        ]
+        inp = config["input"]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{ref_path} or {json_path} does not follow docs/contracts.md; rebuild with `quant build`") from None
+    lat = _budget(info, "latency_us", info_path)
+    ram = _budget(info, "internal_ram_bytes", info_path)
+    psram = _budget(info, "psram_bytes", info_path)
+    data = VariantData(
+        variant=variant,
+        espdl_bytes=espdl,
+        input_exponent=int(inp["exponent"]),
+        input_dtype=str(inp.get("dtype", "int8")),
+        vector_names=names,
+        outputs=outputs,
+        source="reference",
+        latency_basis_us=lat[0],
+        latency_budget_us=lat[1],
+        internal_basis=ram[0],
+        internal_budget=ram[1],
+        psram_basis=psram[0],
+        psram_budget=psram[1],
+        tolerance=dict(config.get("tolerance") or {}),
+        dump_error="intermediate tensors need the host .espdl interpreter (quant/interpreter.py)",
+    )
+    run_espdl = _interpreter() if source in ("auto", "interpreter") else None
+    if source == "interpreter" and run_espdl is None:
+        raise UserError("--source interpreter needs quant/interpreter.py; use --source reference")
+    if run_espdl is not None:
+        _use_interpreter(data, run_espdl, espdl_path, models_dir)
+    return data
+
+
+def _use_interpreter(data: VariantData, run_espdl, espdl_path: Path, models_dir: Path) -> None:
+    """Outputs (all vectors) and vector 0's intermediates from the host interpreter."""
+    import numpy as np  # noqa: PLC0415
+
+    vectors_bin = Path(models_dir) / VECTORS_BIN.name
+    raw = np.fromfile(vectors_bin, dtype="<f4") if vectors_bin.exists() else None
+    if raw is None or raw.size != len(data.outputs) * 96 * 96:
+        return  # the vectors do not match the reference: keep the reference, say so via source
+    vectors = raw.reshape(len(data.outputs), 1, 1, 96, 96)
+    out_names = [t.name for t in data.outputs[0]]
+    outputs = []
+    for i in range(len(vectors)):
+        result = run_espdl(espdl_path, vectors[i], outputs="all" if i == 0 else None)
+        if i == 0:
+            data.intermediates = [
+                _tensor(name, value) for name, value in result.items() if name not in out_names
+            ]
+            data.dump_error = ""
+        outputs.append([_tensor(n, result[n]) for n in out_names])
+    data.outputs = outputs
+    data.source = "interpreter"
+
+
+def _tensor(name: str, value) -> Tensor:
+    ints, exponent, dtype = value
+    return Tensor(name, str(dtype), [int(d) for d in ints.shape], int(exponent), [int(v) for v in ints.reshape(-1)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The app: what it prints for `reset`, `run`, `run dump` (pure: returns text, no I/O)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stop:
+    """Marks the point where a silent board stops printing for good (until the next reset)."""
+
+
+def _format_line(tag: str, fields: dict, version: int = 1) -> str:
+    from quant.protocol import format_line  # noqa: PLC0415  (imported once, by App.__init__)
+
+    line = format_line(tag, fields) if version == 1 else format_line(tag, fields, version=version)
+    return line if line.endswith("\n") else line + "\n"
+
+
+class App:
+    """The test app's behaviour, with a fault. Methods return the text the board prints."""
+
+    def __init__(self, data: VariantData, fault: str = "none", runs: int = 10):
+        if fault not in FAULTS:
+            raise UserError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+        if runs < 1:
+            raise UserError(f"--runs must be at least 1, not {runs}")
+        self.data, self.fault, self.runs = data, fault, runs
+        import quant.protocol  # noqa: F401, PLC0415  (fail at start, not at the first line)
+        n = len(data.outputs)
+        self.fault_vector = min(FAULT_VECTOR, n - 1)
+        first = data.outputs[self.fault_vector][0]
+        self.fault_element = min(FAULT_ELEMENT, len(first.data) - 1)
+        middle = len(data.intermediates) // 2
+        self.fault_layer = data.intermediates[middle].name if data.intermediates else None
+        self.lines = 0  # payload lines since BOOT (END carries this count)
+        self.millis = 0  # the fake esp_log timestamp
+        self.boots = 0
+
+    # -- formatting ----------------------------------------------------------------------------
+    def _line(self, tag: str, *, counted: bool = True, **fields) -> str:
+        version = 2 if self.fault == "version" else 1
+        text = _format_line(tag, fields, version)
+        self.lines += counted
+        if self.fault == "chatter":
+            text = self._chatter(tag) + text
+        return text
+
+    def _log(self, level: str, tag: str, msg: str, step: int = 3) -> str:
+        self.millis += step
+        return f"{level} ({self.millis}) {tag}: {msg}\n"
+
+    def _chatter(self, tag: str) -> str:
+        """Other tasks' logs around (and in front of) valid lines: none carries the magic."""
+        k = self.lines
+        noise = [
+            self._log("I", "wifi", f"station: idle, rssi=-{40 + k % 30}"),
+            f"TENSOR vec={k % 10} name=logits dtype=int8 data=1,2,3 (debug echo, not a result)\n",
+            self._log("W", "gesture", f"heap check {k}: gm1 {tag} seen"),
+        ]
+        prefix = self._log("I", "gesture", "result: ", step=1).rstrip("\n")
+        return "".join(noise[: 1 + k % 3]) + (prefix if k % 4 == 0 else "")
+
+    # -- boot ------------------------------------------------------------------------------------
+    def _rom_banner(self, reason: str) -> str:
+        self.millis = 0
+        saved_pc = "Saved PC:0x40376b2d\n" if "POWERON" not in reason else ""
+        return (
+            "ESP-ROM:esp32s3-20210327\n"
+            "Build:Mar 27 2021\n"
+            f"rst:{reason},boot:0x8 (SPI_FAST_FLASH_BOOT)\n"
+            f"{saved_pc}"
+            "SPIWP:0xee\n"
+            "mode:DIO, clock div:1\n"
+            "load:0x3fce3818,len:0x178c\n"
+            "load:0x403c9700,len:0x4\n"
+            "load:0x403c9704,len:0xcbc\n"
+            "load:0x403cc700,len:0x2db0\n"
+            "entry 0x403c9914\n"
+        )
+
+    def boot(self, reason: str = "0x1 (POWERON)") -> str:
+        """Hard reset (or a reboot after a fault): ROM banner, IDF logs, BOOT, READY."""
+        self.boots += 1
+        self.lines = 0
+        text = self._rom_banner(reason)
+        for tag, msg, step in [
+            ("boot", "ESP-IDF 2nd stage bootloader (virtual board: no chip, no bootloader ran)", 27),
+            ("boot", "chip revision: v0.2 (virtual)", 4),
+            ("esp_psram", f"Found {PSRAM_BYTES // (1024 * 1024)}MB PSRAM device (virtual)", 60),
+            ("cpu_start", "Pro cpu start user code", 30),
+            ("cpu_start", f"cpu freq: {CPU_MHZ * 1_000_000} Hz", 1),
+            ("app_init", "Project name:     gesture_test_app", 1),
+            ("main_task", "Calling app_main()", 12),
+            ("gesture", f"virtual board, variant {self.data.variant}, outputs from the {self.data.source}", 5),
+        ]:
+            text += self._log("I", tag, msg, step)
+        text += self._line(
+            "BOOT", fw="1.0.0", variant=self.data.variant, target="esp32s3", idf="none", espdl="none",
+            cpu_mhz=CPU_MHZ, psram_bytes=PSRAM_BYTES, cores=1, runs=self.runs,
+            vectors=len(self.data.outputs), board="virtual", source=self.data.source,
+        )
+        text += self._line("READY", cmd="run")
+        return text
+
+    def _reset_banner(self) -> str:
+        return self.boot("0xc (RTC_SW_CPU_RST)")
+
+    def _panic(self) -> str:
+        regs = (
+            "PC      : 0x42011b3e  PS      : 0x00060c30  A0      : 0x82010a5c  A1      : 0x3fcf3d60  \n"
+            "A2      : 0x00000000  A3      : 0x3fcf3dd0  A4      : 0x00000040  A5      : 0x3c0a1e10  \n"
+            "EXCCAUSE: 0x0000001c  EXCVADDR: 0x00000008  LBEG    : 0x40056f5c  LEND    : 0x40056f72  \n"
+        )
+        return (
+            "Guru Meditation Error: Core  0 panic'ed (LoadProhibited). Exception was unhandled.\n\n"
+            "Core  0 register dump:\n" + regs + "\n"
+            "Backtrace: 0x42011b3b:0x3fcf3d60 0x42010a59:0x3fcf3d90 0x4200a1f2:0x3fcf3dd0 "
+            "0x4037c1a5:0x3fcf3e00\n\n"
+            "ELF file SHA256: 5e0f3a9b1c7d2e44\n\n"
+            "Rebooting...\n" + self.boot("0xc (RTC_SW_CPU_RST)")
+        )
+
+    # -- run -------------------------------------------------------------------------------------
+    def _tensor_lines(self, vec: int, t: Tensor) -> list[str]:
+        out = []
+        shape = "x".join(str(d) for d in t.shape)
+        for off in range(0, max(len(t.data), 1), 64):
+            chunk = t.data[off : off + 64]
+            out.append(
+                self._line(
+                    "TENSOR", vec=vec, name=t.name, dtype=t.dtype, shape=shape, exp=t.exponent, off=off,
+                    count=len(chunk), total=len(t.data), data=",".join(str(v) for v in chunk) or "_",
+                )
+            )
+        return out
+
+    def _outputs(self, vec: int) -> list[Tensor]:
+        tensors = [Tensor(t.name, t.dtype, t.shape, t.exponent, list(t.data)) for t in self.data.outputs[vec]]
+        t = tensors[0]
+        if self.fault == "off_by_one" and vec == self.fault_vector:
+            lsb = int(self.data.tolerance.get(f"{t.dtype}_lsb", 0)) + 1  # int8: 1; beyond tolerance
+            hi = (1 << (int(t.dtype[3:]) - 1)) - 1 if t.dtype.startswith("int") else 127
+            i = self.fault_element
+            t.data[i] = t.data[i] + lsb if t.data[i] + lsb <= hi else t.data[i] - lsb
+        if self.fault == "wrong_exponent" and vec == self.fault_vector:
+            t.exponent += 1
+        if self.fault == "layer_fault":  # a broken kernel: every vector's outputs differ
+            for tensor in tensors:
+                tensor.data = [_perturb(v, j, tensor.dtype) for j, v in enumerate(tensor.data)]
+        return tensors
+
+    def _intermediates(self) -> list[Tensor]:
+        if self.fault != "layer_fault" or self.fault_layer is None:
+            return self.data.intermediates
+        names = [t.name for t in self.data.intermediates]
+        first = names.index(self.fault_layer)
+        return [
+            Tensor(t.name, t.dtype, t.shape, t.exponent, [_perturb(v, j, t.dtype) for j, v in enumerate(t.data)])
+            if k >= first
+            else t
+            for k, t in enumerate(self.data.intermediates)
+        ]
+
+    def _latency(self, vec: int) -> tuple[int, int, int]:
+        h = int(hashlib.sha256(f"{self.data.variant}:{vec}".encode()).hexdigest()[:8], 16)
+        med = self.data.latency_basis_us * (1 + ((h % 41) - 20) / 2000)  # +-1 % of the estimate
+        if self.fault == "slow_latency":
+            med = self.data.latency_budget_us * 1.3
+        return math.floor(med * 0.985), math.floor(med), math.ceil(med * 1.03)
+
+    def run(self, dump: bool = False) -> list[str | Stop]:
+        """The output of `run` / `run dump`, as pieces; a Stop ends the output for good."""
+        d = self.data
+        out: list[str | Stop] = []
+        sha = d.sha256 if self.fault != "stale_model" else hashlib.sha256(d.espdl_bytes + b"stale").hexdigest()
+        out.append(self._line("MODEL", sha256=sha, bytes=len(d.espdl_bytes), location="rodata"))
+        internal_used = d.internal_basis if self.fault != "memory_over" else math.ceil(d.internal_budget * 1.25)
+        before = (INTERNAL_FREE_BEFORE_LOAD, PSRAM_FREE_BEFORE_LOAD)
+        after_load = (before[0] - internal_used // 2, before[1] - d.psram_basis // 2)
+        low = (before[0] - internal_used, before[1] - d.psram_basis)
+        out.append(self._line("MEM", stage="before_load", internal_free=before[0], psram_free=before[1]))
+        out.append(self._line("MEM", stage="after_load", internal_free=after_load[0], psram_free=after_load[1]))
+        tensors = 0
+        if dump and d.dump_error:
+            out.append(self._line("ERROR", code="dump_unsupported", msg=d.dump_error.replace(" ", "_")))
+            out.append(self._end(0, 0, ok=False))
+            return out
+        for vec, name in enumerate(d.vector_names):
+            strike = vec == self.fault_vector
+            out.append(self._line("INPUT", vec=vec, name=name, exp=d.input_exponent, dtype=d.input_dtype))
+            if strike and self.fault == "reset":
+                out.append(self._reset_banner())
+                return out
+            if strike and self.fault == "panic":
+                out.append(self._panic())
+                return out
+            if strike and self.fault == "silent":
+                out.append(Stop())
+                return out
+            lines = [line for t in self._outputs(vec) for line in self._tensor_lines(vec, t)]
+            tensors += len(d.outputs[vec])
+            if strike and self.fault == "truncated":
+                lines[0] = lines[0][: len(lines[0]) // 2] + "\n"
+            if strike and self.fault == "bad_checksum":
+                lines[0] = _flip_digit(lines[0])
+            out.extend(lines)
+            if dump and vec == 0:
+                for t in self._intermediates():
+                    out.extend(self._tensor_lines(0, t))
+                    tensors += 1
+            lo, med, hi = self._latency(vec)
+            out.append(self._line("LAT", vec=vec, runs=self.runs, min_us=lo, med_us=med, max_us=hi))
+        out.append(self._line("MEM", stage="after_runs", internal_free=after_load[0], psram_free=after_load[1]))
+        out.append(self._line("MEM", stage="low_water", internal_free=low[0], psram_free=low[1]))
+        passed = self._selftest() and self.fault != "selftest_fail"
+        if not passed:
+            out.append(self._log("E", "dl::Model", "Test output 0 does not match", step=40))
+        out.append(self._line("SELFTEST", result="pass" if passed else "fail", basis=d.source))
+        out.append(self._end(len(d.vector_names), tensors, ok=True))
+        return out
+
+    def _selftest(self) -> bool:
+        """model->test(): this board's vector-0 outputs against the test output embedded in the .espdl.
+
+        The .espdl embeds vector 0 (docs/contracts.md); when quant.espdl can read the file, the check
+        is real (with the reference source it compares the stored simulator output, not a computation
+        of this board). Without a reader it cannot check, and says pass only for an unmodified board.
+        """
+        try:
+            from quant.espdl import embedded_test_outputs  # noqa: PLC0415
+        except ImportError:
+            return True
+        expected = embedded_test_outputs(self.data.espdl_bytes)
+        for t in self._outputs(0):
+            if t.name not in expected:
+                continue
+            ints, exponent, dtype = expected[t.name]
+            flat = [int(v) for v in getattr(ints, "reshape", lambda *_: ints)(-1)]
+            lsb = 0 if dtype == "int8" else 1
+            if exponent != t.exponent or len(flat) != len(t.data):
+                return False
+            if any(abs(a - b) > lsb for a, b in zip(flat, t.data, strict=True)):
+                return False
+        return True
+
+    def _end(self, vectors: int, tensors: int, ok: bool) -> str:
+        status = "ok" if ok else "error"  # END is not counted: it carries the count
+        return self._line("END", counted=False, vectors=vectors, tensors=tensors, lines=self.lines, status=status)
+
+
+def _perturb(v: int, j: int, dtype: str) -> int:
+    """A broken kernel's output: deterministic, always different, within the dtype's range."""
+    bits = int(dtype[3:]) if dtype.startswith("int") else 8
+    hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+    delta = 3 + j % 5
+    return v + delta if v + delta <= hi else max(lo, v - delta)
+
+
+def _flip_digit(line: str) -> str:
+    """Change one digit of the data, keep the old checksum: a valid-looking, corrupt line."""
+    body, star, rest = line.rpartition(" *")
+    i = body.rfind("data=") + len("data=")
+    while i < len(body) and not body[i].isdigit():
+        i += 1
+    digit = body[i]
+    swapped = "1" if digit == "0" else "0" if digit != "8" else "9"
+    return body[:i] + swapped + body[i + 1 :] + star + rest
+
+
+# ---------------------------------------------------------------------------------------------
+# The process: pty, commands, parent death
+# ---------------------------------------------------------------------------------------------
+
+
+def _commands(buffer: bytearray) -> list[str]:
+    """Complete lines from `buffer` (consumed); esptool SYNC frames (up to the last 0xC0) dropped."""
+    out = []
+    while True:
+        ends = [i for i in (buffer.find(b"\n"), buffer.find(b"\r")) if i >= 0]
+        if not ends:
+            if len(buffer) > 4096:  # garbage without a newline: drop it, keep memory bounded
+                del buffer[:]
+            return out
+        cut = min(ends)
+        raw = bytes(buffer[:cut])
+        del buffer[: cut + 1]
+        raw = raw[raw.rfind(b"\xc0") + 1 :]
+        text = raw.decode("ascii", "ignore").strip()
+        if text:
+            out.append(text)
+
+
+def _die_with_parent(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes  # noqa: PLC0415
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if parent and os.getppid() != parent:
+        raise SystemExit(0)
+
+
+def serve(app: App, *, pty_file: Path | None = None, parent: int = 0, lifetime_s: float = LIFETIME_S) -> None:
+    """Open the pty, publish its path, answer commands until SIGTERM, parent death or lifetime."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    path = os.ttyname(slave)
+    if pty_file is not None:
+        tmp = Path(f"{pty_file}.tmp{os.getpid()}")
+        tmp.write_text(path + "\n")
+        os.replace(tmp, pty_file)
+    print(path, flush=True)
+    pending = bytearray()  # bytes the host has not read yet
+    inbox = bytearray()
+    stuck_since = None
+    deadline = time.monotonic() + lifetime_s
+    silent = False
+    try:
+        while time.monotonic() < deadline:
+            if parent and os.getppid() != parent:
+                return
+            want_write = [master] if pending else []
+            readable, writable, _ = select.select([master], want_write, [], 0.2)
+            if readable:
+                try:
+                    chunk = os.read(master, 4096)
+                except (BlockingIOError, InterruptedError):
+                    chunk = b""
+                except OSError:  # EIO: no process has the port open right now
+                    chunk = b""
+                    time.sleep(0.05)
+                inbox += chunk
+                for command in _commands(inbox):
+                    if command == "reset":
+                        pending.clear()  # a reset discards what the UART had not sent yet
+                        silent = False
+                        pending += app.boot().encode()
+                    elif silent or app.boots == 0:
+                        continue  # a hung app (or one not yet booted) answers nothing but reset
+                    elif command in ("run", "run dump"):
+                        for piece in app.run(dump=command == "run dump"):
+                            if isinstance(piece, Stop):
+                                silent = True
+                                break
+                            pending += piece.encode()
+                    # anything else: unknown input, ignored like the app's console does
+            if pending and writable:
+                try:
+                    n = os.write(master, pending[:4096])
+                    del pending[:n]
+                    stuck_since = None
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    pending.clear()
+            if pending and not writable:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > 5.0:  # nobody reads: the UART sends into the void
+                    pending.clear()
+                    stuck_since = None
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", required=True, choices=VARIANTS, help="which model the board runs")
+    parser.add_argument("--fault", default="none", choices=list(FAULTS), help="inject a bench fault")
+    parser.add_argument("--models", type=Path, default=MODELS, help="models directory (default: models/)")
+    parser.add_argument("--runs", type=int, default=10, help="inferences per vector the app reports")
+    parser.add_argument("--pty-file", type=Path, help="also write the pty path to this file (atomically)")
+    parser.add_argument(
+        "--source", default="auto", choices=("auto", "interpreter", "reference"),
+        help="where outputs come from: the host .espdl interpreter or the stored simulator reference",
+    )
+    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--lifetime", type=float, default=LIFETIME_S, help="exit after this many seconds")
+
+
+def run(args: argparse.Namespace) -> int:
+    app = App(load_variant(args.variant, args.models, args.source), args.fault, args.runs)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
+    _die_with_parent(args.parent_pid)
+    serve(app, pty_file=args.pty_file, parent=args.parent_pid, lifetime_s=args.lifetime)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Library: start a board as a separate process, like plugging one in
+# ---------------------------------------------------------------------------------------------
+
+
+class VirtualBoard:
+    """A running `quant virtual-board` process; `.port` is its pty (pass it as --port=...)."""
+
+    def __init__(self, proc: subprocess.Popen, port: str, workdir: tempfile.TemporaryDirectory, fault: str):
+        self.proc, self.port, self._workdir, self.fault = proc, port, workdir, fault
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Terminate, wait (bounded), kill if needed; never leaves a zombie."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=3)
+        self._workdir.cleanup()
+
+    def __enter__(self) -> VirtualBoard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start(variant: str, *, fault: str | None = None, models_dir: Path = MODELS, runs: int = 10,
+          source: str = "auto", timeout_s: float = 10.0) -> VirtualBoard:
+    """Start a virtual board process for `variant` (with `fault`) and return once its port exists."""
+    fault = fault or "none"
+    if fault not in FAULTS:
+        raise UserError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+    workdir = tempfile.TemporaryDirectory(prefix="vboard-")
+    pty_file = Path(workdir.name) / "port"
+    log = open(Path(workdir.name) / "stderr.txt", "w+b")  # noqa: SIM115  (read on failure)
+    cmd = [
+        sys.executable, "-m", "quant.virtual_board", "--variant", variant, "--fault", fault,
+        "--models", str(models_dir), "--runs", str(runs), "--source", source,
+        "--pty-file", str(pty_file), "--parent-pid", str(os.getpid()),
+    ]
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not pty_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(timeout=3)
+                log.seek(0)
+                err = log.read().decode(errors="replace").strip().splitlines()
+                reason = err[-1] if err else f"no port after {timeout_s:.0f} s"
+                raise UserError(f"the virtual board for {variant} did not start: {reason}")
+            time.sleep(0.01)
+    except BaseException:
+        log.close()
+        workdir.cleanup()
+        raise
+    log.close()
+    return VirtualBoard(proc, pty_file.read_text().strip(), workdir, fault)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quant virtual-board", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
