@@ -226,10 +226,9 @@ class Stop:
 
 
 def _format_line(tag: str, fields: dict, version: int = 1) -> str:
-    from quant.protocol import format_line  # noqa: PLC0415  (imported once, by App.__init__)
+    from quant.protocol import format_line  # noqa: PLC0415  (numpy: imported when the app starts)
 
-    line = format_line(tag, fields) if version == 1 else format_line(tag, fields, version=version)
-    return line if line.endswith("\n") else line + "\n"
+    return format_line(tag, fields, version) + "\n"
 
 
 class App:
@@ -339,13 +338,12 @@ class App:
     # -- run -------------------------------------------------------------------------------------
     def _tensor_lines(self, vec: int, t: Tensor) -> list[str]:
         out = []
-        shape = "x".join(str(d) for d in t.shape)
         for off in range(0, max(len(t.data), 1), 64):
             chunk = t.data[off : off + 64]
             out.append(
                 self._line(
-                    "TENSOR", vec=vec, name=t.name, dtype=t.dtype, shape=shape, exp=t.exponent, off=off,
-                    count=len(chunk), total=len(t.data), data=",".join(str(v) for v in chunk) or "_",
+                    "TENSOR", vec=vec, name=t.name, dtype=t.dtype, shape=t.shape, exp=t.exponent, off=off,
+                    count=len(chunk), total=len(t.data), data=chunk,
                 )
             )
         return out
