@@ -97,6 +97,7 @@ class VariantData:
     psram_basis: int
     psram_budget: int
     tolerance: dict
+    embedded: dict[str, Tensor] = field(default_factory=dict)  # the .espdl's test outputs (vector 0)
     intermediates: list[Tensor] = field(default_factory=list)  # vector 0, execution order (dump)
     dump_error: str = ""  # why `run dump` is unsupported, when it is
 
@@ -113,9 +114,10 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _budget(info: dict, key: str, path: Path) -> tuple[int, int]:
+    """(basis, value) of a budget: the estimate the board pretends to measure, and the limit."""
     try:
         section = info["budgets"][key]
-        return int(section["basis"]), int(section["value"])
+        return round(float(section.get("basis", section["value"]))), int(section["value"])
     except (KeyError, TypeError, ValueError):
         raise UserError(
             f"{path} has no [budgets.{key}] with integer basis and value; rebuild it with `quant build`"
@@ -179,12 +181,24 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto") 
         tolerance=dict(config.get("tolerance") or {}),
         dump_error="intermediate tensors need the host .espdl interpreter (quant/interpreter.py)",
     )
+    data.embedded = _embedded_test_outputs(espdl, espdl_path)
     run_espdl = _interpreter() if source in ("auto", "interpreter") else None
     if source == "interpreter" and run_espdl is None:
         raise UserError("--source interpreter needs quant/interpreter.py; use --source reference")
     if run_espdl is not None:
         _use_interpreter(data, run_espdl, espdl_path, models_dir)
     return data
+
+
+def _embedded_test_outputs(espdl: bytes, path: Path) -> dict[str, Tensor]:
+    """The test outputs esp-ppq embedded in the .espdl (what ESP-DL's model->test() compares with)."""
+    from quant import espdl as reader  # noqa: PLC0415  (numpy + flatbuffers: fast)
+
+    model = reader.loads(espdl, name=str(path), path=path)
+    return {
+        name: Tensor(name, t.dtype, list(t.dims), t.exponent, [int(v) for v in t.data.reshape(-1)])
+        for name, t in model.test_outputs.items()
+    }
 
 
 def _use_interpreter(data: VariantData, run_espdl, espdl_path: Path, models_dir: Path) -> None:
@@ -250,6 +264,7 @@ class App:
         self.lines = 0  # payload lines since BOOT (END carries this count)
         self.millis = 0  # the fake esp_log timestamp
         self.boots = 0
+        self.waiting = False  # True between READY and the command, as app_main's wait_for_command()
 
     # -- formatting ----------------------------------------------------------------------------
     def _line(self, tag: str, *, counted: bool = True, **fields) -> str:
@@ -297,6 +312,7 @@ class App:
         """Hard reset (or a reboot after a fault): ROM banner, IDF logs, BOOT, READY."""
         self.boots += 1
         self.lines = 0
+        self.waiting = True
         text = self._rom_banner(reason)
         for tag, msg, step in [
             ("boot", "ESP-IDF 2nd stage bootloader (virtual board: no chip, no bootloader ran)", 27),
@@ -310,7 +326,7 @@ class App:
         ]:
             text += self._log("I", tag, msg, step)
         text += self._line(
-            "BOOT", fw="1.0.0", variant=self.data.variant, target="esp32s3", idf="none", espdl="none",
+            "BOOT", fw="1.0.0", variant=self.data.variant, target="esp32s3", idf="virtual", espdl="virtual",
             cpu_mhz=CPU_MHZ, psram_bytes=PSRAM_BYTES, cores=1, runs=self.runs,
             vectors=len(self.data.outputs), board="virtual", source=self.data.source,
         )
@@ -386,6 +402,7 @@ class App:
         """The output of `run` / `run dump`, as pieces; a Stop ends the output for good."""
         d = self.data
         out: list[str | Stop] = []
+        self.waiting = False  # one run per boot, like the firmware (a reboot inside waits again)
         sha = d.sha256 if self.fault != "stale_model" else hashlib.sha256(d.espdl_bytes + b"stale").hexdigest()
         out.append(self._line("MODEL", sha256=sha, bytes=len(d.espdl_bytes), location="rodata"))
         internal_used = d.internal_basis if self.fault != "memory_over" else math.ceil(d.internal_budget * 1.25)
@@ -395,21 +412,11 @@ class App:
         out.append(self._line("MEM", stage="before_load", internal_free=before[0], psram_free=before[1]))
         out.append(self._line("MEM", stage="after_load", internal_free=after_load[0], psram_free=after_load[1]))
         tensors = 0
-        if dump and d.dump_error:
-            out.append(self._line("ERROR", code="dump_unsupported", msg=d.dump_error.replace(" ", "_")))
-            out.append(self._end(0, 0, ok=False))
-            return out
         for vec, name in enumerate(d.vector_names):
             strike = vec == self.fault_vector
             out.append(self._line("INPUT", vec=vec, name=name, exp=d.input_exponent, dtype=d.input_dtype))
-            if strike and self.fault == "reset":
-                out.append(self._reset_banner())
-                return out
-            if strike and self.fault == "panic":
-                out.append(self._panic())
-                return out
-            if strike and self.fault == "silent":
-                out.append(Stop())
+            if strike and self.fault in ("reset", "panic", "silent"):
+                out.append({"reset": self._reset_banner, "panic": self._panic, "silent": Stop}[self.fault]())
                 return out
             lines = [line for t in self._outputs(vec) for line in self._tensor_lines(vec, t)]
             tensors += len(d.outputs[vec])
@@ -418,42 +425,44 @@ class App:
             if strike and self.fault == "bad_checksum":
                 lines[0] = _flip_digit(lines[0])
             out.extend(lines)
-            if dump and vec == 0:
-                for t in self._intermediates():
-                    out.extend(self._tensor_lines(0, t))
-                    tensors += 1
             lo, med, hi = self._latency(vec)
             out.append(self._line("LAT", vec=vec, runs=self.runs, min_us=lo, med_us=med, max_us=hi))
         out.append(self._line("MEM", stage="after_runs", internal_free=after_load[0], psram_free=after_load[1]))
         out.append(self._line("MEM", stage="low_water", internal_free=low[0], psram_free=low[1]))
+        vectors = len(d.vector_names)
+        if dump:  # like the firmware: vector 0's input as quantized, then every node output
+            if d.dump_error:
+                out.append(self._line("ERROR", code="dump_unsupported", msg=d.dump_error))
+                out.append(self._end(vectors, tensors, ok=False))
+                return out
+            for t in self._intermediates():
+                out.extend(self._tensor_lines(0, t))
+                tensors += 1
         passed = self._selftest() and self.fault != "selftest_fail"
         if not passed:
             out.append(self._log("E", "dl::Model", "Test output 0 does not match", step=40))
         out.append(self._line("SELFTEST", result="pass" if passed else "fail", basis=d.source))
-        out.append(self._end(len(d.vector_names), tensors, ok=True))
+        out.append(self._end(vectors, tensors, ok=True))
         return out
 
     def _selftest(self) -> bool:
-        """model->test(): this board's vector-0 outputs against the test output embedded in the .espdl.
+        """ESP-DL's model->test(): vector 0's outputs against the test outputs embedded in the .espdl
+        (same dtype, shape and exponent; int8 exact, int16 within 1 LSB).
 
-        The .espdl embeds vector 0 (docs/contracts.md); when quant.espdl can read the file, the check
-        is real (with the reference source it compares the stored simulator output, not a computation
-        of this board). Without a reader it cannot check, and says pass only for an unmodified board.
+        With `source=interpreter` this checks the board's own computation. With `source=reference` the
+        board's outputs are the stored simulator ints, so it checks that the reference and the file
+        agree (both come from esp-ppq), not a computation: SELFTEST carries `basis=<source>`.
+        A .espdl without test outputs fails, as ESP-DL's test() has nothing to pass.
         """
-        try:
-            from quant.espdl import embedded_test_outputs  # noqa: PLC0415
-        except ImportError:
-            return True
-        expected = embedded_test_outputs(self.data.espdl_bytes)
-        for t in self._outputs(0):
-            if t.name not in expected:
-                continue
-            ints, exponent, dtype = expected[t.name]
-            flat = [int(v) for v in getattr(ints, "reshape", lambda *_: ints)(-1)]
-            lsb = 0 if dtype == "int8" else 1
-            if exponent != t.exponent or len(flat) != len(t.data):
+        if not self.data.embedded:
+            return False
+        board = {t.name: t for t in self._outputs(0)}
+        for name, want in self.data.embedded.items():
+            got = board.get(name)
+            if got is None or (got.dtype, got.exponent, len(got.data)) != (want.dtype, want.exponent, len(want.data)):
                 return False
-            if any(abs(a - b) > lsb for a, b in zip(flat, t.data, strict=True)):
+            lsb = 1 if want.dtype == "int16" else 0
+            if any(abs(a - b) > lsb for a, b in zip(got.data, want.data, strict=True)):
                 return False
         return True
 
@@ -529,7 +538,6 @@ def serve(app: App, *, pty_file: Path | None = None, parent: int = 0, lifetime_s
     inbox = bytearray()
     stuck_since = None
     deadline = time.monotonic() + lifetime_s
-    silent = False
     try:
         while time.monotonic() < deadline:
             if parent and os.getppid() != parent:
@@ -546,19 +554,18 @@ def serve(app: App, *, pty_file: Path | None = None, parent: int = 0, lifetime_s
                     time.sleep(0.05)
                 inbox += chunk
                 for command in _commands(inbox):
-                    if command == "reset":
+                    if command == "reset":  # the esp service's hard reset (RTS/EN)
                         pending.clear()  # a reset discards what the UART had not sent yet
-                        silent = False
                         pending += app.boot().encode()
-                    elif silent or app.boots == 0:
-                        continue  # a hung app (or one not yet booted) answers nothing but reset
+                    elif not app.waiting:
+                        continue  # before the first reset, while running, hung, or done: deaf
                     elif command in ("run", "run dump"):
                         for piece in app.run(dump=command == "run dump"):
                             if isinstance(piece, Stop):
-                                silent = True
                                 break
                             pending += piece.encode()
-                    # anything else: unknown input, ignored like the app's console does
+                    else:
+                        pending += f"gm: unknown command '{command}'; send 'run' or 'run dump'\n".encode()
             if pending and writable:
                 try:
                     n = os.write(master, pending[:4096])
