@@ -1,0 +1,394 @@
+"""`quant build`: produce models/gesture_model_<variant>/ for each variant spec.
+
+Order of work: validate every input (nothing is written before that), decide per variant whether
+its folder is up to date (hash of all inputs, no esp_ppq import), then for each stale variant:
+quantize (quant.quantize) -> reference outputs (quant.reference) -> .info (quant.info) -> .json,
+all into a staging folder next to the target; verify; gate on the spec's quality floor; and only
+then swap the staging folder in. A failure or Ctrl-C leaves the last good folder untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from quant import paths
+from quant.errors import UserError
+
+SOURCE_FILES = ("variants.py", "quantize.py", "sensitivity.py", "reference.py", "info.py", "build.py", "data.py",
+                "vectors.py")
+PACKAGES = {"esp_ppq": "esp-ppq", "torch": "torch", "onnx": "onnx", "numpy": "numpy", "onnxruntime": "onnxruntime"}
+PLATFORM = {
+    "target": "esp32s3",
+    "weights": "per-tensor power-of-two",
+    "activations": "per-tensor power-of-two",
+    "rounding": "half-up",
+    "bias": "20-bit in int8 layers (stored int32), 40-bit in int16 layers (stored int64)",
+    "note": "per-channel exists only on ESP32-P4",
+}
+SUFFIXES = (".espdl", ".info", ".json", ".reference.json", ".graph.txt")
+INPUT_SHAPE = [1, 1, 96, 96]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help="variant to build (repeatable; default: all of int8, mixed, balanced)")
+    p.add_argument("--onnx", type=Path, default=paths.FLOAT_ONNX, metavar="PATH",
+                   help="float model: input 1x1x96x96 float32 in [0,1] (default: models/gesture_float.onnx)")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="your images, one sub-folder per class (default: the synthetic gesture set)")
+    p.add_argument("--calib", type=int, metavar="N", help="calibration images (default 256; with --data: min(256, n/2))")
+    p.add_argument("--out", type=Path, default=paths.MODELS, metavar="DIR", help="where variant folders go (default models/)")
+    p.add_argument("--vectors", type=Path, default=paths.MODELS, metavar="DIR",
+                   help="folder with test_vectors.bin/.json (default models/)")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha_file(path: Path) -> str:
+    return _sha(Path(path).read_bytes())
+
+
+def _dump(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_onnx(path: Path) -> tuple[str, tuple[str, ...], int]:
+    """-> (input name, output names, number of classes); UserError on anything unusable."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ONNX model {path} does not exist; pass --onnx PATH to a float .onnx model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise UserError(f"{path} is not an ONNX model (it could not be parsed); pass --onnx PATH to a .onnx file") from None
+    g = model.graph
+    if not g.node or not g.output:
+        raise UserError(f"{path} is not an ONNX model with a graph; pass --onnx PATH to a .onnx file")
+    inits = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise UserError(f"{path} has {len(inputs)} inputs; quant needs one input of 1x1x96x96 float32")
+    t = inputs[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "unknown"
+    if dims != INPUT_SHAPE or t.elem_type != onnx.TensorProto.FLOAT:
+        shown = "x".join(str(d) for d in dims) or "scalar"
+        raise UserError(
+            f"{path.name}: input '{inputs[0].name}' is {shown} {dtype}; quant needs 1x1x96x96 float32 "
+            f"(one grayscale channel, 96x96, batch 1): re-export the model with that input shape"
+        )
+    out = g.output[0].type.tensor_type
+    classes = int(out.shape.dim[-1].dim_value) if out.shape.dim else 0
+    return inputs[0].name, tuple(o.name for o in g.output), classes
+
+
+def check_out(out: Path) -> Path:
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise UserError(f"output folder {out} cannot be written ({exc.strerror}); pass --out DIR to a writable folder") from None
+    return out
+
+
+def _data_key(args) -> str:
+    """Cheap identity of the data (no image decoding): file list + bytes for --data, else the generator."""
+    if args.data is None:
+        return f"synthetic:{args.calib}"
+    h = hashlib.sha256()
+    root = Path(args.data)
+    if root.is_dir():
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return f"folder:{h.hexdigest()}:{args.calib}"
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    import quant
+
+    out = {k: metadata.version(v) for k, v in PACKAGES.items()}
+    out["quant"] = quant.__version__
+    return out
+
+
+def build_key(args, spec) -> str:
+    here = Path(__file__).parent
+    doc = {
+        "onnx": _sha_file(args.onnx),
+        "data": _data_key(args),
+        "vectors": _sha_file(Path(args.vectors) / paths.VECTORS_BIN.name),
+        "spec": spec.digest(),
+        "versions": versions(),
+        "source": _sha(b"".join(_sha_file(here / f).encode() for f in SOURCE_FILES)),
+    }
+    return _sha(json.dumps(doc, sort_keys=True).encode())
+
+
+def up_to_date(folder: Path, stem: str, key: str) -> bool:
+    try:
+        meta = json.loads((folder / f"{stem}.json").read_text())
+        hashes = meta["hashes"]
+        if hashes.get("build") != key:
+            return False
+        files = {"espdl": ".espdl", "info": ".info", "reference": ".reference.json", "graph_txt": ".graph.txt"}
+        return all(_sha_file(folder / f"{stem}{suffix}") == hashes[k] for k, suffix in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    calib_x: object
+    heldout_x: object
+    heldout_y: object
+    classes: tuple
+
+
+def load_data(args, n_outputs: int) -> Data:
+    from quant import data
+
+    if args.data is None:
+        n = args.calib or 256
+        if n < 1:
+            raise UserError(f"--calib {n} is too small; use at least 1 calibration image")
+        cx, _ = data.calibration(n)
+        hx, hy = data.heldout()
+        classes = tuple(data.CLASSES)
+    else:
+        x, y, classes = data.load_image_folder(args.data)
+        calib_n = args.calib or min(256, max(1, len(x) // 2))
+        cx, hx, hy = data.split(x, y, calib_n)
+    if n_outputs and n_outputs != len(classes):
+        raise UserError(f"the model has {n_outputs} outputs but the data has {len(classes)} classes "
+                        f"({', '.join(classes)}); pass --data with one sub-folder per model class")
+    return Data(cx, hx, hy, classes)
+
+
+# ----------------------------------------------------------------------------- one variant
+
+
+def _staging(out: Path, variant: str, tag: str) -> Path:
+    return out / f".gesture_model_{variant}.{tag}-{os.getpid()}"
+
+
+def recover(out: Path, variant: str) -> None:
+    """Undo a swap interrupted between its two renames; drop stale staging folders."""
+    target = paths.variant_dir(variant, out)
+    for p in sorted(out.glob(f".gesture_model_{variant}.*-*")):
+        if p.name.split(".")[-1].startswith("old-") and not target.exists():
+            os.replace(p, target)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Swap staging in for target; the old folder exists until the new one is in place."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_variant(session, result, folder: Path, stem: str, *, args, data, key: str, vectors_sha: str,
+                  input_name: str, output_names) -> dict:
+    """All five files of one variant into `folder`; returns the quality dict (for the gate)."""
+    import tomllib
+
+    from quant import info, reference
+    from quant.quantize import copy_outputs, progress
+    from quant.sensitivity import ANALYSIS_IMAGES, rank
+
+    spec, attempt = result.spec, result.attempt
+    graph = attempt.graph
+    copy_outputs(result, folder, stem)
+    espdl = folder / f"{stem}.espdl"
+
+    progress(f"  [{spec.name}] reference outputs on {len(session.inputs.vectors_meta)} fixed vectors")
+    entries = reference.compute(graph, session.inputs.vectors_x, session.inputs.vectors_meta, list(output_names))
+    reference.check_embedded(espdl, entries)
+    espdl_sha = _sha_file(espdl)
+    (folder / f"{stem}.reference.json").write_text(reference.document(spec.name, entries, vectors_sha, espdl_sha))
+
+    progress(f"  [{spec.name}] accuracy on {len(data.heldout_y)} held-out images, worst layer groups")
+    m = session.heldout_metrics(attempt)
+    worst = rank(graph, data.calib_x[:ANALYSIS_IMAGES])[:5]
+    int16 = set(attempt.int16_ops)
+    macs = info.op_macs(attempt.onnx)
+    n_nodes = sum(1 for _ in graph.operations)
+    quality = {
+        **m,
+        "top1_drop_points": round((m["float_top1"] - m["top1"]) * 100, 4),
+        "floor_drop_points": spec.floor_drop_points,
+        "worst_layers": [{"op": w["group"], "noise_signal": float(f"{w['noise_signal']:.6g}")} for w in worst],
+    }
+    peak = info.peak_activation_bytes(attempt.onnx, int16)
+    params = info.espdl_parameter_bytes(espdl)
+    model = {
+        "espdl_bytes": espdl.stat().st_size,
+        "parameter_bytes": params,
+        "macs": sum(macs.values()),
+        "int16_macs": sum(v for k, v in macs.items() if k in int16),
+        "int16_ops": len(int16),
+        "peak_activation_bytes": peak,
+    }
+    budgets = info.budgets(macs, int16, peak, params, model["espdl_bytes"], n_nodes)
+    worst_source = (f"grouped sensitivity (compute op + its Clip/Relu; only that group quantized, graph output "
+                    f"noise/signal vs the dequantized graph, first {ANALYSIS_IMAGES} calibration images)")
+    (folder / f"{stem}.info").write_text(info.render(spec.name, quality, model, budgets, worst_source))
+
+    in_exp, in_bits = reference.tensor_exponent(graph, input_name)
+    outputs = [{"name": n, **{k: v for k, v in entries[0]["tensors"][n].items() if k != "data"}} for n in output_names]
+    meta = {
+        "format": 1,
+        "variant": spec.name,
+        "spec": spec.to_dict(),
+        "platform": PLATFORM,
+        "calibration": result.calibration,
+        "int16_layers": sorted(int16),
+        "sensitivity": result.sensitivity,
+        "equalization": result.equalization,
+        "input": {"name": input_name, "shape_nchw": INPUT_SHAPE, "layout": "NHWC", "dtype": f"int{in_bits}",
+                  "exponent": in_exp},
+        "outputs": outputs,
+        "classes": list(data.classes),
+        "tolerance": {"int8_lsb": spec.tolerance.int8_lsb, "int16_lsb": spec.tolerance.int16_lsb,
+                      "same_exponent": spec.tolerance.same_exponent, "same_top1": spec.tolerance.same_top1,
+                      "reason": spec.tolerance.reason},
+        "source": {"onnx": Path(args.onnx).name, "data": "synthetic gestures (quant.data)" if args.data is None
+                   else "user image folder", "calibration_images": int(len(data.calib_x))},
+        "hashes": {
+            "build": key,
+            "onnx": _sha_file(args.onnx),
+            "calibration_data": _sha(data.calib_x.tobytes()),
+            "heldout_data": _sha(data.heldout_x.tobytes() + data.heldout_y.tobytes()),
+            "vectors": vectors_sha,
+            "espdl": espdl_sha,
+            "info": _sha_file(folder / f"{stem}.info"),
+            "reference": _sha_file(folder / f"{stem}.reference.json"),
+            "graph_txt": _sha_file(folder / f"{stem}.graph.txt"),
+            "spec": spec.digest(),
+        },
+        "versions": versions(),
+    }
+    (folder / f"{stem}.json").write_text(_dump(meta))
+
+    # verify what was written before anyone may swap it in
+    with open(folder / f"{stem}.info", "rb") as fh:
+        parsed = tomllib.load(fh)
+    assert set(parsed["budgets"]) == {"latency_us", "internal_ram_bytes", "psram_bytes", "flash_bytes"}
+    assert up_to_date(folder, stem, key)
+    return quality
+
+
+def gate(spec, quality: dict, sensitivity: dict | None) -> str | None:
+    """The spec's quality floor; returns a one-line failure message or None."""
+    worst = quality["worst_layers"][0] if quality["worst_layers"] else {"op": "?", "noise_signal": float("nan")}
+    where = f"worst layer group {worst['op']} (noise/signal {worst['noise_signal']:.3g})"
+    if quality["top1_drop_points"] > spec.floor_drop_points:
+        return (f"variant {spec.name}: top-1 drop {quality['top1_drop_points']:.2f} points exceeds its floor of "
+                f"{spec.floor_drop_points} points (float {quality['float_top1']:.4f}, {spec.name} {quality['top1']:.4f}); "
+                f"{where}; the last good folder was kept")
+    if sensitivity is not None:
+        before, after = sensitivity["noise_signal_before"], sensitivity["noise_signal_after"]
+        need = before * (1 - spec.sensitivity.min_improvement)
+        if not after <= need:
+            return (f"variant {spec.name}: 16-bit promotion only brought the output noise/signal from {before:.3g} to "
+                    f"{after:.3g} (needs <= {need:.3g}); {where}; raise max_int16_ops in quant/variants.py")
+    return None
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def run(args) -> int:
+    from quant import variants
+    from quant.vectors import load_vectors
+
+    started = time.perf_counter()
+    names = list(dict.fromkeys(args.variant or list(variants.VARIANTS)))
+    specs = [variants.get(n) for n in names]
+    input_name, output_names, n_outputs = check_onnx(args.onnx)
+    out = check_out(args.out)
+    if args.calib is not None and args.calib < 1:
+        raise UserError(f"--calib {args.calib} is too small; use at least 1 calibration image")
+    if args.data is not None:
+        from quant import data as _data
+
+        _data.load_image_folder(args.data)  # validates the folder before anything is written
+    vectors_x, vectors_meta = load_vectors(args.vectors)
+    vectors_sha = _sha_file(Path(args.vectors) / paths.VECTORS_BIN.name)
+
+    for name in names:
+        recover(out, name)
+    keys = {s.name: build_key(args, s) for s in specs}
+    stale = []
+    for s in specs:
+        folder = paths.variant_dir(s.name, out)
+        if up_to_date(folder, folder.name, keys[s.name]):
+            print(f"{s.name}: up to date ({folder})")
+        else:
+            stale.append(s)
+
+    failures = []
+    if stale:
+        from quant.quantize import Inputs, Session, progress
+
+        progress(f"loading data and the float model ({Path(args.onnx).name})")
+        data = load_data(args, n_outputs)
+        inputs = Inputs(Path(args.onnx), data.calib_x, data.heldout_x, data.heldout_y, data.classes, vectors_x,
+                        vectors_meta, input_name, output_names)
+        with tempfile.TemporaryDirectory(prefix="quant-build-") as work:
+            session = Session(inputs, Path(work))
+            for spec in stale:
+                t0 = time.perf_counter()
+                progress(f"{spec.name}: {spec.summary}")
+                target = paths.variant_dir(spec.name, out)
+                staging = _staging(out, spec.name, "staging")
+                try:
+                    staging.mkdir()
+                    result = session.run(spec)
+                    quality = write_variant(session, result, staging, target.name, args=args, data=data,
+                                            key=keys[spec.name], vectors_sha=vectors_sha, input_name=input_name,
+                                            output_names=output_names)
+                    failure = gate(spec, quality, result.sensitivity)
+                    if failure:
+                        failures.append(failure)
+                        print(f"{spec.name}: FAILED its quality gate; {target} left as it was", file=sys.stderr)
+                        continue
+                    replace_dir(staging, target)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+                progress(f"{spec.name}: done in {time.perf_counter() - t0:.1f} s -> {target}")
+
+    from quant import report
+
+    print()
+    print(report.table(out, names))
+    print(f"\ntotal {time.perf_counter() - started:.1f} s")
+    if failures:
+        raise UserError(" | ".join(failures))
+    return 0

@@ -1,0 +1,375 @@
+"""One quantization pipeline for every VariantSpec (esp-ppq, ESP32-S3).
+
+`Session(inputs, workdir).run(spec)`:
+1. prepare the ONNX working copy per the spec's ReLU6 policy (Clip(0,6) -> Relu on the ONNX graph);
+2. quantize once per activation-calibration candidate and keep the one with the lowest graph-output
+   noise/signal against the float model on the calibration set;
+3. if the spec has a sensitivity search: rank grouped sensitivity, promote the top group and its
+   consumers to ESPDL_S3_INT16 (per-layer minmax), re-quantize, until the target or the cap;
+4. every attempt is a full `espdl_quantize_onnx` export (`.espdl` with vector 0 as test value) into
+   its own folder, so the chosen attempt's files are the variant's files.
+
+Attempts are memoised per session (int8 and mixed share the all-8-bit calibration sweep).
+esp-ppq's banner, tqdm bars and per-pass lines are captured; one progress line per step is printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from quant.sensitivity import ANALYSIS_IMAGES, consumers, cosine, groups, noise_signal, rank, run_graph
+from quant.variants import VariantSpec
+
+TARGET = "esp32s3"
+INPUT_SHAPE = [1, 1, 96, 96]
+
+
+def progress(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Capture esp-ppq's stdout/stderr chatter; on an exception, show its tail (it is the evidence)."""
+    import warnings
+
+    buf = io.StringIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                yield
+    except BaseException:
+        tail = buf.getvalue().strip().splitlines()[-15:]
+        if tail:
+            print("esp-ppq output before the failure:\n  " + "\n  ".join(tail), file=sys.stderr)
+        raise
+
+
+def import_esp_ppq():
+    with quiet():
+        import esp_ppq  # noqa: F401  (prints a banner on first import)
+    return esp_ppq
+
+
+# ----------------------------------------------------------------------------- ONNX preparation
+
+
+def relu6_to_relu(model) -> int:
+    """Replace every Clip(min=0, max=6) node by Relu, in place; returns how many were replaced."""
+    from onnx import numpy_helper
+
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+
+    def bound(node, index, attr):
+        if len(node.input) > index and node.input[index]:
+            v = consts.get(node.input[index])
+            return None if v is None else float(np.asarray(v).reshape(-1)[0])
+        for a in node.attribute:  # opset < 11
+            if a.name == attr:
+                return float(a.f)
+        return None
+
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "Clip" and bound(node, 1, "min") == 0.0 and bound(node, 2, "max") == 6.0:
+            del node.input[1:]
+            del node.attribute[:]
+            node.op_type = "Relu"
+            count += 1
+    return count
+
+
+def prepare_onnx(src: Path, spec: VariantSpec, dst: Path) -> int:
+    """Write the working ONNX for `spec` to dst; returns the number of ReLU6 nodes replaced."""
+    import onnx
+
+    model = onnx.load(str(src))
+    replaced = relu6_to_relu(model) if spec.relu6 == "to_relu" else 0
+    onnx.save(model, str(dst))
+    return replaced
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Inputs:
+    onnx: Path
+    calib_x: np.ndarray  # [N,1,96,96] float32
+    heldout_x: np.ndarray
+    heldout_y: np.ndarray
+    classes: tuple[str, ...]
+    vectors_x: np.ndarray  # [V,1,96,96]
+    vectors_meta: list[dict]
+    input_name: str = "image"
+    output_names: tuple[str, ...] = ("logits",)
+    _float_cache: dict = field(default_factory=dict, repr=False)
+
+    def float_outputs(self, key: str) -> np.ndarray:
+        """Float model (onnxruntime, original ONNX) first output on 'calib' | 'heldout'."""
+        if key not in self._float_cache:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            sess = ort.InferenceSession(str(self.onnx), opts, providers=["CPUExecutionProvider"])
+            x = self.calib_x if key == "calib" else self.heldout_x
+            self._float_cache[key] = np.concatenate(
+                [sess.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(len(x))]
+            )
+        return self._float_cache[key]
+
+
+# ----------------------------------------------------------------------------- attempts
+
+
+@dataclass
+class Attempt:
+    observer: str
+    int16_ops: tuple[str, ...]
+    folder: Path  # holds model.espdl, model.info (graph dump), model.json (esp-ppq's), work.onnx
+    graph: object
+    noise_signal: float  # graph output vs float, calibration set
+    cosine: float
+    seconds: float
+    equalization_pairs: list = field(default_factory=list)
+    relu6_replaced: int = 0
+
+    @property
+    def espdl(self) -> Path:
+        return self.folder / "model.espdl"
+
+    @property
+    def graph_dump(self) -> Path:
+        return self.folder / "model.info"
+
+    @property
+    def onnx(self) -> Path:
+        return self.folder / "work.onnx"
+
+
+@contextlib.contextmanager
+def _record_equalization_pairs(sink: list):
+    """Record the pairs esp-ppq's LayerwiseEqualizationPass finds (measured, not guessed)."""
+    from esp_ppq.quantization.optim.equalization import LayerwiseEqualizationPass
+
+    original = LayerwiseEqualizationPass.find_equalization_pair
+
+    def wrapper(self, graph, interested_operations):
+        pairs = original(self, graph, interested_operations)
+        sink[:] = [
+            {"upstream": [op.name for op in p.upstream_layers], "downstream": [op.name for op in p.downstream_layers]}
+            for p in pairs
+        ]
+        return pairs
+
+    LayerwiseEqualizationPass.find_equalization_pair = wrapper
+    try:
+        yield
+    finally:
+        LayerwiseEqualizationPass.find_equalization_pair = original
+
+
+class Session:
+    """Quantizes specs against one set of inputs; scratch files live under `workdir`."""
+
+    def __init__(self, inputs: Inputs, workdir: Path):
+        self.inputs = inputs
+        self.workdir = Path(workdir)
+        self._attempts: dict[tuple, Attempt] = {}
+        import_esp_ppq()
+
+    # -- one esp-ppq call
+    def quantize(self, spec: VariantSpec, observer: str, int16_ops: tuple[str, ...] = ()) -> Attempt:
+        key = (spec.relu6, spec.equalization, spec.bits, spec.calibration, observer, tuple(sorted(int16_ops)))
+        if key in self._attempts:
+            return self._attempts[key]
+        import torch
+        from esp_ppq import QuantizationSettingFactory
+        from esp_ppq.api import espdl_quantize_onnx, get_target_platform
+
+        folder = self.workdir / f"attempt{len(self._attempts):02d}"
+        folder.mkdir(parents=True)
+        onnx_path = folder / "work.onnx"  # espdl_quantize_onnx overwrites its input: always a copy
+        replaced = prepare_onnx(self.inputs.onnx, spec, onnx_path)
+
+        setting = QuantizationSettingFactory.espdl_setting()
+        setting.quantize_activation_setting.calib_algorithm = observer
+        if spec.equalization:
+            setting.equalization = True
+            eq = setting.equalization_setting
+            eq.iterations = spec.equalization.iterations
+            eq.value_threshold = spec.equalization.value_threshold
+            eq.opt_level = spec.equalization.opt_level
+            eq.interested_layers = None
+        int16 = get_target_platform(TARGET, 16)
+        for name in sorted(int16_ops):
+            setting.dispatching_table.append(name, int16)
+            setting.quantize_activation_setting.calib_algorithm_per_layer[name] = "minmax"
+            setting.quantize_parameter_setting.calib_algorithm_per_layer[name] = "minmax"
+
+        cal = spec.calibration
+        x = self.inputs.calib_x
+        batches = [torch.from_numpy(x[i : i + cal.batch]) for i in range(0, len(x), cal.batch)]
+        pairs: list = []
+        start = time.perf_counter()
+        with quiet(), _record_equalization_pairs(pairs):
+            graph = espdl_quantize_onnx(
+                onnx_import_file=str(onnx_path),
+                espdl_export_file=str(folder / "model.espdl"),
+                calib_dataloader=batches,
+                calib_steps=len(batches),
+                input_shape=INPUT_SHAPE,
+                inputs=[torch.from_numpy(self.inputs.vectors_x[:1])],
+                target=TARGET,
+                num_of_bits=spec.bits,
+                collate_fn=lambda b: b.to("cpu"),
+                setting=setting,
+                device="cpu",
+                error_report=False,
+                export_config=True,
+                export_test_values=True,
+                test_output_names=list(self.inputs.output_names),
+                verbose=0,
+                metadata_props={"variant": spec.name},
+            )
+        seconds = time.perf_counter() - start
+        from esp_ppq.executor import TorchExecutor
+
+        q = run_graph(TorchExecutor(graph=graph, device="cpu"), x)
+        f = self.inputs.float_outputs("calib")
+        attempt = Attempt(observer, tuple(sorted(int16_ops)), folder, graph, noise_signal(q, f), cosine(q, f),
+                          seconds, pairs, replaced)
+        self._attempts[key] = attempt
+        return attempt
+
+    # -- stage 2: activation calibration by measurement
+    def choose_calibration(self, spec: VariantSpec) -> tuple[Attempt, dict]:
+        tried = []
+        for observer in spec.calibration.candidates:
+            a = self.quantize(spec, observer)
+            tried.append({"algorithm": observer, "noise_signal": a.noise_signal, "cosine": a.cosine})
+            progress(f"  [{spec.name}] calibration {observer:<10} output noise/signal {a.noise_signal:.3e}  ({a.seconds:.1f} s)")
+        best = min(tried, key=lambda t: (t["noise_signal"], spec.calibration.candidates.index(t["algorithm"])))
+        record = {
+            "chosen": best["algorithm"],
+            "criterion": "lowest graph-output noise/signal power vs float on the calibration set",
+            "images": int(len(self.inputs.calib_x)),
+            "batch": spec.calibration.batch,
+            "candidates": tried,
+            "int16_layers": "minmax (per layer)",
+        }
+        return self.quantize(spec, best["algorithm"]), record
+
+    # -- stage 3: greedy grouped 16-bit promotion
+    def search_int16(self, spec: VariantSpec, base: Attempt) -> tuple[Attempt, dict]:
+        s = spec.sensitivity
+        x = self.inputs.calib_x[:ANALYSIS_IMAGES]
+        current, promoted, steps = base, [], []
+        initial_ranking = None
+        stop = "cap"
+        while True:
+            ranking = rank(current.graph, x)
+            if initial_ranking is None:
+                initial_ranking = ranking
+            all_groups = groups(current.graph)
+            top = next((r for r in ranking if not set(r["ops"]) <= set(promoted)), None)
+            if top is None:
+                stop = "nothing left to promote"
+                break
+            top_group = next(g for g in all_groups if g.name == top["group"])
+            new = list(top_group.ops)
+            if s.promote_consumers:
+                for g in consumers(current.graph, top_group, all_groups):
+                    new += list(g.ops)
+            new = [n for n in dict.fromkeys(new) if n not in promoted]
+            if promoted and len(promoted) + len(new) > s.max_int16_ops:
+                stop = f"cap of {s.max_int16_ops} int16 ops"
+                break
+            promoted += new
+            current = self.quantize(spec, base.observer, tuple(promoted))
+            steps.append({"group": top["group"], "group_noise_signal": top["noise_signal"], "promoted": new,
+                          "noise_signal_after": current.noise_signal})
+            progress(f"  [{spec.name}] int16 <- {top['group']} (+{len(new)} ops)  output noise/signal "
+                     f"{current.noise_signal:.3e}  ({current.seconds:.1f} s)")
+            if current.noise_signal <= s.target_noise_signal:
+                stop = f"target {s.target_noise_signal:g} reached"
+                break
+        record = {
+            "method": s.method,
+            "analysis": f"grouped (compute op + its Clip/Relu); one group quantized at a time vs the dequantized "
+                        f"graph; first {len(x)} calibration images",
+            "ranking": [{"group": r["group"], "ops": r["ops"], "noise_signal": r["noise_signal"]} for r in initial_ranking],
+            "steps": steps,
+            "stop": stop,
+            "noise_signal_before": base.noise_signal,
+            "noise_signal_after": current.noise_signal,
+            "cosine_before": base.cosine,
+            "cosine_after": current.cosine,
+        }
+        return current, record
+
+    # -- the pipeline
+    def run(self, spec: VariantSpec) -> "Result":
+        chosen, calibration = self.choose_calibration(spec)
+        sensitivity = None
+        if spec.sensitivity:
+            chosen, sensitivity = self.search_int16(spec, chosen)
+        equalization = None
+        if spec.equalization or spec.relu6 == "to_relu":
+            equalization = {
+                "relu6_replaced_by_relu": chosen.relu6_replaced,
+                "settings": None if spec.equalization is None else {
+                    "iterations": spec.equalization.iterations,
+                    "value_threshold": spec.equalization.value_threshold,
+                    "opt_level": spec.equalization.opt_level,
+                },
+                "pairs": len(chosen.equalization_pairs),
+                "pair_list": chosen.equalization_pairs,
+            }
+        return Result(spec, chosen, calibration, sensitivity, equalization)
+
+    # -- metrics on the final graph
+    def heldout_metrics(self, attempt: Attempt) -> dict:
+        from esp_ppq.executor import TorchExecutor
+
+        q = run_graph(TorchExecutor(graph=attempt.graph, device="cpu"), self.inputs.heldout_x)
+        f = self.inputs.float_outputs("heldout")
+        y = self.inputs.heldout_y
+        return {
+            "heldout_images": int(len(y)),
+            "float_top1": float(np.mean(f.reshape(len(f), -1).argmax(1) == y)),
+            "top1": float(np.mean(q.reshape(len(q), -1).argmax(1) == y)),
+            "output_noise_signal": noise_signal(q, f),
+            "output_cosine": cosine(q, f),
+        }
+
+
+@dataclass
+class Result:
+    spec: VariantSpec
+    attempt: Attempt
+    calibration: dict
+    sensitivity: dict | None
+    equalization: dict | None
+
+
+def copy_outputs(result: Result, folder: Path, stem: str) -> None:
+    """The chosen attempt's deployable files into the variant folder (esp-ppq's .json is not shipped:
+    it holds object ids; quant.build writes a clean one)."""
+    shutil.copyfile(result.attempt.espdl, folder / f"{stem}.espdl")
+    shutil.copyfile(result.attempt.graph_dump, folder / f"{stem}.graph.txt")

@@ -1,0 +1,120 @@
+"""The three ESP32-S3 variants, as data.
+
+A variant is a `VariantSpec`: the pipeline in `quant.quantize` has one code path that reads these
+fields; a new variant is a new entry in `VARIANTS`, not new code. Every field ends up verbatim in
+the variant's `.json` (`spec`), and its hash is part of the incremental-build key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+# activation observers esp-ppq offers that we are willing to measure; "kl" is deliberately not
+# among the defaults (docs: it clipped a ReLU6 at 0.5 and took accuracy from 100 % to 24 %).
+OBSERVERS = ("percentile", "minmax", "mse", "kl")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Activation calibration: each candidate is quantized and the one with the lowest graph-output
+    noise/signal (vs the float model, on the calibration set) is kept."""
+
+    candidates: tuple[str, ...] = ("percentile", "minmax", "mse")
+    images: int = 256  # calibration images (the CLI's --calib overrides)
+    batch: int = 32
+
+
+@dataclass(frozen=True)
+class Equalization:
+    """esp-ppq's LayerwiseEqualizationPass settings."""
+
+    iterations: int
+    value_threshold: float
+    opt_level: int  # 2 also crosses Add/Sub
+
+
+@dataclass(frozen=True)
+class SensitivitySearch:
+    """Greedy 16-bit promotion by measured, grouped sensitivity (compute op + its Clip/Relu)."""
+
+    method: str = "greedy-grouped"
+    target_noise_signal: float = 0.0  # stop when the graph-output noise/signal is at or below this
+    max_int16_ops: int = 8  # cap on promoted ops (the top group is promoted even if it exceeds it)
+    promote_consumers: bool = True  # also promote the direct downstream consumers' groups
+    min_improvement: float = 0.10  # the result must cut int8's output error by at least this fraction
+    analysis_images: int = 64  # calibration images used to rank the groups
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How closely the chip must match the simulator (docs/contracts.md)."""
+
+    int8_lsb: int = 0
+    int16_lsb: int = 1
+    same_exponent: bool = True
+    same_top1: bool = True
+    reason: str | None = None  # required when loosened
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    summary: str
+    bits: int = 8  # default bit width of every layer
+    relu6: str = "keep"  # "keep" | "to_relu" (Clip(0,6) -> Relu on the ONNX graph)
+    calibration: Calibration = Calibration()
+    equalization: Equalization | None = None
+    sensitivity: SensitivitySearch | None = None
+    floor_drop_points: float = 1.0  # quality gate: max top-1 drop vs float on the held-out set, points
+    tolerance: Tolerance = Tolerance()
+
+    def __post_init__(self) -> None:
+        if self.relu6 not in ("keep", "to_relu"):
+            raise ValueError(f"relu6 policy must be 'keep' or 'to_relu', not {self.relu6!r}")
+        if self.bits not in (8, 16):
+            raise ValueError(f"bits must be 8 or 16, not {self.bits}")
+        unknown = set(self.calibration.candidates) - set(OBSERVERS)
+        if unknown or not self.calibration.candidates:
+            raise ValueError(f"calibration candidates must be among {OBSERVERS}")
+        t = self.tolerance
+        if (t.int8_lsb, t.int16_lsb, t.same_exponent, t.same_top1) != (0, 1, True, True) and not t.reason:
+            raise ValueError("a loosened tolerance must carry a reason")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "int8": VariantSpec(
+        name="int8",
+        summary="every layer 8-bit on the ESP32-S3 (per-tensor power-of-two)",
+        floor_drop_points=1.0,
+    ),
+    "mixed": VariantSpec(
+        name="mixed",
+        summary="8-bit, with the measurably most sensitive layer groups (and their consumers) 16-bit",
+        sensitivity=SensitivitySearch(target_noise_signal=0.0005, max_int16_ops=8),
+        floor_drop_points=0.3,
+    ),
+    "balanced": VariantSpec(
+        name="balanced",
+        summary="ReLU6 -> ReLU, then layerwise weight equalization, 8-bit",
+        relu6="to_relu",
+        equalization=Equalization(iterations=4, value_threshold=0.4, opt_level=2),
+        floor_drop_points=0.5,
+    ),
+}
+
+
+def get(name: str) -> VariantSpec:
+    from quant.errors import UserError
+
+    if name not in VARIANTS:
+        raise UserError(f"unknown variant {name!r}; known variants: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
