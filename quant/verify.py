@@ -1,0 +1,127 @@
+"""`quant verify FILE.espdl`: run the embedded test inputs through the host interpreter and compare.
+
+Rule = ESP-DL `model->test()` (`TensorBase::equal`): same dtype, shape and exponent; int8 bit-exact,
+int16 within 1 LSB. Exit 0 only when every embedded test output agrees; 1 otherwise; 2 for bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quant.errors import UserError
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    exponent: int
+    expected_exponent: int
+    expected_dtype: str
+    expected_shape: tuple[int, ...]
+    max_lsb: int
+    mismatches: int
+    size: int
+    worst_index: tuple[int, ...] | None
+    worst_values: tuple[int, int] | None  # (interpreter, embedded)
+
+    @property
+    def allowed_lsb(self) -> int:
+        return 1 if self.expected_dtype == "int16" else 0
+
+    @property
+    def ok(self) -> bool:
+        return (self.dtype == self.expected_dtype and self.exponent == self.expected_exponent
+                and self.shape == self.expected_shape and self.mismatches == 0)
+
+
+def compare(name: str, got, expected) -> OutputCheck:
+    """Compare an interpreter QTensor with an embedded test Tensor under ESP-DL's test() rule."""
+    exp_shape = tuple(expected.dims)
+    allowed = 1 if expected.dtype == "int16" else 0
+    g = got.data.astype(np.int64)
+    e = expected.data.astype(np.int64)
+    if g.size != e.size:
+        return OutputCheck(name, got.dtype, tuple(got.data.shape), got.exponent, expected.exponent, expected.dtype,
+                           exp_shape, -1, g.size, g.size, None, None)
+    g = g.reshape(exp_shape) if tuple(g.shape) != exp_shape else g
+    diff = np.abs(g - e.reshape(g.shape))
+    worst = int(diff.max()) if diff.size else 0
+    idx = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape)) if diff.size else None
+    return OutputCheck(
+        name=name, dtype=got.dtype, shape=tuple(got.data.reshape(exp_shape).shape), exponent=got.exponent,
+        expected_exponent=expected.exponent, expected_dtype=expected.dtype, expected_shape=exp_shape,
+        max_lsb=worst, mismatches=int((diff > allowed).sum()), size=int(diff.size), worst_index=idx,
+        worst_values=(int(g[idx]), int(e.reshape(g.shape)[idx])) if idx is not None else None,
+    )
+
+
+def verify_model(model, exact_average: bool = False):
+    """Return (checks, notes) for the embedded test values of a loaded EspdlModel."""
+    from quant.interpreter import Interpreter, QTensor
+
+    if not model.test_inputs or not model.test_outputs:
+        raise UserError(f"{model.path} has no embedded test values: export it with esp-ppq export_test_values=True")
+    interp = Interpreter(model, exact_average=exact_average)
+    inputs = {}
+    for vi in model.inputs:
+        t = model.test_inputs.get(vi.name)
+        if t is None:
+            raise UserError(f"{model.path} has no test value for input {vi.name!r}")
+        inputs[vi.name] = QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
+    result = interp.run_named(inputs)
+    checks = []
+    for name, expected in model.test_outputs.items():
+        if name not in result.tensors:
+            raise UserError(f"test output {name!r} is not a value the graph computes")
+        checks.append(compare(name, result.tensors[name], expected))
+    return checks, result.notes
+
+
+def format_checks(checks, notes) -> str:
+    lines = []
+    for c in checks:
+        status = "ok  " if c.ok else "FAIL"
+        meta = f"{c.expected_dtype} {list(c.expected_shape)} exp {c.expected_exponent}"
+        if c.exponent != c.expected_exponent or c.dtype != c.expected_dtype or c.shape != c.expected_shape:
+            meta += f" (interpreter: {c.dtype} {list(c.shape)} exp {c.exponent})"
+        worst = ""
+        if c.max_lsb > 0 and c.worst_index is not None:
+            worst = f" at {list(c.worst_index)} (interpreter {c.worst_values[0]}, embedded {c.worst_values[1]})"
+        lines.append(
+            f"{status} {c.name}: {meta}; worst |diff| {c.max_lsb} LSB (allowed {c.allowed_lsb}){worst}; "
+            f"{c.mismatches}/{c.size} beyond tolerance"
+        )
+    seen = set()
+    for n in notes:
+        key = (n.node, n.message)
+        if key not in seen:
+            seen.add(key)
+            lines.append(f"note {n.node}: {n.message}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE.espdl", help="model(s) with embedded test values")
+    parser.add_argument("--key", help="AES-128 key of an encrypted file")
+    parser.add_argument("--exact-average", action="store_true",
+                        help="average pools divide exactly (PPQ simulator) instead of ESP32-S3's fixed-point 1/n")
+
+
+def run(args) -> int:
+    from quant.espdl import load
+
+    failed = 0
+    for path in args.files:
+        model = load(path, key=args.key)
+        checks, notes = verify_model(model, exact_average=args.exact_average)
+        ok = all(c.ok for c in checks)
+        failed += not ok
+        print(f"{'PASS' if ok else 'FAIL'} {path}")
+        print("  " + format_checks(checks, notes).replace("\n", "\n  "))
+    if len(args.files) > 1:
+        print(f"{len(args.files) - failed}/{len(args.files)} models agree with their embedded test outputs")
+    return 0 if failed == 0 else 1

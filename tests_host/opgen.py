@@ -1,0 +1,161 @@
+"""Generate single-operator `.espdl` models with esp-ppq (target esp32s3), with embedded test values.
+
+Each case is a tiny torch module, a seeded calibration set, a fixed seeded test input and a bit width;
+`generate(case, out_dir)` quantizes and exports it (export_test_values=True) and returns the file.
+Used by tests_host/test_single_ops.py; also runnable: `python tests_host/opgen.py OUT_DIR [NAME ...]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class _Residual(nn.Module):
+    """y = conv_a(x) + conv_b(x): an Add whose two inputs are calibrated to different ranges."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.a = nn.Conv2d(c, c, 3, padding=1)
+        self.b = nn.Conv2d(c, c, 1)
+        with torch.no_grad():
+            self.b.weight.mul_(4.0)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+class _Head(nn.Module):
+    """conv + ReLU6 -> global average pool -> flatten -> linear: the tail of the gesture model."""
+
+    def __init__(self, cin: int, c: int, classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, c, 1)
+        self.act = nn.ReLU6()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.act(self.conv(x))), 1))
+
+
+class _Mixed(nn.Module):
+    """conv (int8) -> depthwise conv + relu (int16 via dispatching) -> conv (int8): RequantizeLinear both ways."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(c, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.relu = nn.ReLU()
+        self.c2 = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        return self.c2(self.relu(self.dw(self.c1(x))))
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _seq(*layers) -> Callable[[], nn.Module]:
+    return lambda: nn.Sequential(*layers)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    make: Callable[[], nn.Module]
+    shape: tuple[int, ...]
+    bits: int = 8
+    int16_ops: tuple[str, ...] = ()      # ONNX node names dispatched to ESPDL_S3_INT16 in an int8 model
+    calib: str = "minmax"
+    scale: float = 1.0                   # input amplitude (randn * scale)
+    marks: tuple[str, ...] = field(default=())
+
+
+def _cases() -> list[Case]:
+    torch.manual_seed(0)
+    c = []
+    c.append(Case("conv3x3_relu_s8", _seq(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()), (1, 3, 12, 12)))
+    c.append(Case("conv3x3_s2_unaligned_s16", _seq(nn.Conv2d(4, 12, 3, stride=2, padding=1)), (1, 4, 11, 11), 16))
+    c.append(Case("conv5x3_dil_pad_s8", _seq(nn.Conv2d(5, 20, (5, 3), stride=(1, 2), padding=(2, 3), dilation=(1, 2))),
+                  (1, 5, 10, 13)))
+    c.append(Case("depthwise_relu6_s8", _seq(nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ReLU6()), (1, 24, 9, 9)))
+    c.append(Case("depthwise_s2_relu6_s16", _seq(nn.Conv2d(20, 20, 3, stride=2, padding=1, groups=20), nn.ReLU6()),
+                  (1, 20, 10, 10), 16))
+    c.append(Case("grouped_conv_s8", _seq(nn.Conv2d(8, 16, 3, padding=1, groups=2)), (1, 8, 7, 7)))
+    c.append(Case("add_residual_s8", lambda: _Residual(16), (1, 16, 8, 8)))
+    c.append(Case("add_residual_s16", lambda: _Residual(8), (1, 8, 6, 6), 16))
+    c.append(Case("head_gap_gemm_s8", lambda: _Head(8, 32, 7), (1, 8, 6, 6)))
+    c.append(Case("head_gap_gemm_s16", lambda: _Head(8, 24, 5), (1, 8, 6, 6), 16))
+    c.append(Case("linear_relu_s8", _seq(nn.Flatten(), nn.Linear(48, 20), nn.ReLU()), (1, 3, 4, 4)))
+    c.append(Case("mixed_requant_s8_s16", lambda: _Mixed(3), (1, 3, 8, 8), 8,
+                  int16_ops=("/dw/Conv", "/relu/Relu")))
+    c.append(Case("conv_maxpool_avgpool_s8", _seq(nn.Conv2d(16, 16, 1), nn.MaxPool2d(2), nn.AvgPool2d(2)), (1, 16, 8, 8)))
+    c.append(Case("conv_maxpool_avgpool_s16", _seq(nn.Conv2d(8, 8, 1), nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(2)), (1, 8, 9, 9), 16))
+    c.append(Case("sigmoid_mul_s8", lambda: _Lambda(lambda x: x * torch.sigmoid(x)), (1, 16, 4, 4)))
+    c.append(Case("concat_transpose_s8",
+                  lambda: _Lambda(lambda x: torch.cat([x, x * 0.5], 1).permute(0, 2, 3, 1).reshape(1, -1)),
+                  (1, 8, 3, 3)))
+    return c
+
+
+CASES: dict[str, Case] = {case.name: case for case in _cases()}
+
+
+def _quiet():
+    """esp-ppq prints a banner, tqdm bars and [INFO] lines: keep them out of test output."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
+def generate(case: Case, out_dir: Path, seed: int = 0) -> Path:
+    """Quantize and export `case` into `out_dir/<name>.espdl` (deterministic for a given seed)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{case.name}.espdl"
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    torch.manual_seed(seed)
+    model = case.make().eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    calib = [torch.randn(case.shape, generator=gen) * case.scale for _ in range(8)]
+    test_input = torch.randn(case.shape, generator=gen) * case.scale
+    with _quiet():
+        from esp_ppq import QuantizationSettingFactory
+        from esp_ppq.api import espdl_quantize_torch, get_target_platform
+
+        setting = QuantizationSettingFactory.espdl_setting()
+        setting.quantize_activation_setting.calib_algorithm = case.calib
+        for op in case.int16_ops:
+            setting.dispatching_table.append(op, get_target_platform("esp32s3", 16))
+            setting.quantize_activation_setting.calib_algorithm_per_layer[op] = "minmax"
+            setting.quantize_parameter_setting.calib_algorithm_per_layer[op] = "minmax"
+        espdl_quantize_torch(
+            model=model, espdl_export_file=str(target), calib_dataloader=calib, calib_steps=len(calib),
+            input_shape=list(case.shape), inputs=[test_input], target="esp32s3", num_of_bits=case.bits,
+            collate_fn=lambda b: b.to("cpu"), setting=setting, device="cpu", error_report=False,
+            skip_export=False, export_config=False, export_test_values=True, verbose=0,
+        )
+    return target
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    names = sys.argv[2:] or list(CASES)
+    for n in names:
+        print(generate(CASES[n], out))
