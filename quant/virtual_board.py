@@ -32,6 +32,7 @@ import tempfile
 import time
 import tomllib
 import tty
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,11 +86,11 @@ class Tensor:
 class VariantData:
     variant: str
     espdl_bytes: bytes
+    input_name: str
     input_exponent: int
     input_dtype: str
     vector_names: list[str]
-    outputs: list[list[Tensor]]  # per vector, in the reference's order
-    source: str  # "interpreter" or "reference"
+    reference: list[list[Tensor]]  # the stored simulator outputs, per vector
     latency_basis_us: int
     latency_budget_us: int
     internal_basis: int
@@ -98,12 +99,23 @@ class VariantData:
     psram_budget: int
     tolerance: dict
     embedded: dict[str, Tensor] = field(default_factory=dict)  # the .espdl's test outputs (vector 0)
-    intermediates: list[Tensor] = field(default_factory=list)  # vector 0, execution order (dump)
-    dump_error: str = ""  # why `run dump` is unsupported, when it is
+    interpreter: Interpreted | None = None  # computes outputs and intermediates from the .espdl
+    dump_error: str = "intermediate tensors need the host .espdl interpreter (quant/interpreter.py)"
+
+    @property
+    def source(self) -> str:
+        return "interpreter" if self.interpreter else "reference"
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.espdl_bytes).hexdigest()
+
+    def outputs(self, vec: int) -> list[Tensor]:
+        return self.interpreter.outputs(vec) if self.interpreter else self.reference[vec]
+
+    def intermediates(self) -> list[Tensor]:
+        """Vector 0: the input as quantized, then every node output in execution order (no graph outputs)."""
+        return self.interpreter.intermediates() if self.interpreter else []
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -151,7 +163,7 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto") 
         raise UserError(f"a file in {espdl_path.parent} is not valid ({exc}); rebuild with `quant build`") from None
     try:
         names = [o["name"] for o in reference["outputs"]]
-        outputs = [
+        ref_outputs = [
             [
                 Tensor(n, t["dtype"], [int(d) for d in t["shape"]], int(t["exponent"]), [int(v) for v in t["data"]])
                 for n, t in o["tensors"].items()
@@ -167,11 +179,11 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto") 
     data = VariantData(
         variant=variant,
         espdl_bytes=espdl,
+        input_name=str(inp.get("name", "input")),
         input_exponent=int(inp["exponent"]),
         input_dtype=str(inp.get("dtype", "int8")),
         vector_names=names,
-        outputs=outputs,
-        source="reference",
+        reference=ref_outputs,
         latency_basis_us=lat[0],
         latency_budget_us=lat[1],
         internal_basis=ram[0],
@@ -179,14 +191,14 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto") 
         psram_basis=psram[0],
         psram_budget=psram[1],
         tolerance=dict(config.get("tolerance") or {}),
-        dump_error="intermediate tensors need the host .espdl interpreter (quant/interpreter.py)",
     )
     data.embedded = _embedded_test_outputs(espdl, espdl_path)
     run_espdl = _interpreter() if source in ("auto", "interpreter") else None
     if source == "interpreter" and run_espdl is None:
         raise UserError("--source interpreter needs quant/interpreter.py; use --source reference")
     if run_espdl is not None:
-        _use_interpreter(data, run_espdl, espdl_path, models_dir)
+        data.interpreter = Interpreted.open(data, run_espdl, espdl_path, models_dir)
+        data.dump_error = ""
     return data
 
 
@@ -201,27 +213,68 @@ def _embedded_test_outputs(espdl: bytes, path: Path) -> dict[str, Tensor]:
     }
 
 
-def _use_interpreter(data: VariantData, run_espdl, espdl_path: Path, models_dir: Path) -> None:
-    """Outputs (all vectors) and vector 0's intermediates from the host interpreter."""
-    import numpy as np  # noqa: PLC0415
+class Interpreted:
+    """Outputs computed by the host .espdl interpreter, vector by vector, on demand (a run streams
+    while it computes), and kept in a cache file keyed by the bytes of the model, the vectors and the
+    interpreter, so the next board starts answering at once."""
 
-    vectors_bin = Path(models_dir) / VECTORS_BIN.name
-    raw = np.fromfile(vectors_bin, dtype="<f4") if vectors_bin.exists() else None
-    if raw is None or raw.size != len(data.outputs) * 96 * 96:
-        return  # the vectors do not match the reference: keep the reference, say so via source
-    vectors = raw.reshape(len(data.outputs), 1, 1, 96, 96)
-    out_names = [t.name for t in data.outputs[0]]
-    outputs = []
-    for i in range(len(vectors)):
-        result = run_espdl(espdl_path, vectors[i], outputs="all" if i == 0 else None)
-        if i == 0:
-            data.intermediates = [
-                _tensor(name, value) for name, value in result.items() if name not in out_names
-            ]
-            data.dump_error = ""
-        outputs.append([_tensor(n, result[n]) for n in out_names])
-    data.outputs = outputs
-    data.source = "interpreter"
+    def __init__(self, run_espdl, espdl_path: Path, vectors, out_names: list[str], input_name: str, cache: Path):
+        self.run_espdl, self.espdl_path, self.vectors = run_espdl, espdl_path, vectors
+        self.out_names, self.input_name, self.cache = out_names, input_name, cache
+        self._outputs: dict[int, list[Tensor]] = {}
+        self._intermediates: list[Tensor] | None = None
+        if cache.exists():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                doc = json.loads(cache.read_text())
+                self._outputs = {int(k): [Tensor(**t) for t in v] for k, v in doc["outputs"].items()}
+                self._intermediates = [Tensor(**t) for t in doc["intermediates"]]
+
+    @classmethod
+    def open(cls, data: VariantData, run_espdl, espdl_path: Path, models_dir: Path) -> Interpreted | None:
+        import numpy as np  # noqa: PLC0415
+
+        vectors_bin = Path(models_dir) / VECTORS_BIN.name
+        if not vectors_bin.exists():
+            return None
+        raw = vectors_bin.read_bytes()
+        if len(raw) != len(data.reference) * 96 * 96 * 4:
+            return None  # the vectors do not belong to this reference: serve the reference
+        key = hashlib.sha256(data.espdl_bytes + raw)
+        for module in ("interpreter.py", "espdl.py"):
+            with contextlib.suppress(OSError):
+                key.update((Path(__file__).parent / module).read_bytes())
+        cache = Path(tempfile.gettempdir()) / "quant-virtual-board" / f"{key.hexdigest()[:32]}.json"
+        vectors = np.frombuffer(raw, dtype="<f4").reshape(len(data.reference), 1, 1, 96, 96)
+        return cls(run_espdl, espdl_path, vectors, [t.name for t in data.reference[0]], data.input_name, cache)
+
+    def _compute(self, vec: int) -> None:
+        result = self.run_espdl(self.espdl_path, self.vectors[vec], outputs="all" if vec == 0 else None)
+        self._outputs[vec] = [_tensor(n, result[n]) for n in self.out_names]
+        if vec == 0:
+            rest = [_tensor(n, v) for n, v in result.items() if n not in self.out_names]
+            first = [t for t in rest if t.name == self.input_name]
+            self._intermediates = first + [t for t in rest if t.name != self.input_name]
+        if len(self._outputs) == len(self.vectors):
+            self._save()
+
+    def _save(self) -> None:
+        doc = {"outputs": {str(k): [vars(t) for t in v] for k, v in sorted(self._outputs.items())},
+               "intermediates": [vars(t) for t in self._intermediates or []]}
+        with contextlib.suppress(OSError):
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self.cache)
+
+    def outputs(self, vec: int) -> list[Tensor]:
+        if vec not in self._outputs:
+            self._compute(vec)
+        return self._outputs[vec]
+
+    def intermediates(self) -> list[Tensor]:
+        if self._intermediates is None:
+            self._compute(0)
+        return self._intermediates or []
 
 
 def _tensor(name: str, value) -> Tensor:
@@ -255,12 +308,8 @@ class App:
             raise UserError(f"--runs must be at least 1, not {runs}")
         self.data, self.fault, self.runs = data, fault, runs
         import quant.protocol  # noqa: F401, PLC0415  (fail at start, not at the first line)
-        n = len(data.outputs)
-        self.fault_vector = min(FAULT_VECTOR, n - 1)
-        first = data.outputs[self.fault_vector][0]
-        self.fault_element = min(FAULT_ELEMENT, len(first.data) - 1)
-        middle = len(data.intermediates) // 2
-        self.fault_layer = data.intermediates[middle].name if data.intermediates else None
+        self.fault_vector = min(FAULT_VECTOR, len(data.reference) - 1)
+        self.fault_element = min(FAULT_ELEMENT, len(data.reference[self.fault_vector][0].data) - 1)
         self.lines = 0  # payload lines since BOOT (END carries this count)
         self.millis = 0  # the fake esp_log timestamp
         self.boots = 0
@@ -328,7 +377,7 @@ class App:
         text += self._line(
             "BOOT", fw="1.0.0", variant=self.data.variant, target="esp32s3", idf="virtual", espdl="virtual",
             cpu_mhz=CPU_MHZ, psram_bytes=PSRAM_BYTES, cores=1, runs=self.runs,
-            vectors=len(self.data.outputs), board="virtual", source=self.data.source,
+            vectors=len(self.data.reference), board="virtual", source=self.data.source,
         )
         text += self._line("READY", cmd="run")
         return text
@@ -365,7 +414,7 @@ class App:
         return out
 
     def _outputs(self, vec: int) -> list[Tensor]:
-        tensors = [Tensor(t.name, t.dtype, t.shape, t.exponent, list(t.data)) for t in self.data.outputs[vec]]
+        tensors = [Tensor(t.name, t.dtype, t.shape, t.exponent, list(t.data)) for t in self.data.outputs(vec)]
         t = tensors[0]
         if self.fault == "off_by_one" and vec == self.fault_vector:
             lsb = int(self.data.tolerance.get(f"{t.dtype}_lsb", 0)) + 1  # int8: 1; beyond tolerance
@@ -379,16 +428,22 @@ class App:
                 tensor.data = [_perturb(v, j, tensor.dtype) for j, v in enumerate(tensor.data)]
         return tensors
 
+    @property
+    def fault_layer(self) -> str | None:
+        """The layer layer_fault breaks: the middle node output of vector 0's graph (not the input)."""
+        layers = [t.name for t in self.data.intermediates() if t.name != self.data.input_name]
+        return layers[len(layers) // 2] if layers else None
+
     def _intermediates(self) -> list[Tensor]:
+        tensors = self.data.intermediates()
         if self.fault != "layer_fault" or self.fault_layer is None:
-            return self.data.intermediates
-        names = [t.name for t in self.data.intermediates]
-        first = names.index(self.fault_layer)
+            return tensors
+        first = [t.name for t in tensors].index(self.fault_layer)
         return [
             Tensor(t.name, t.dtype, t.shape, t.exponent, [_perturb(v, j, t.dtype) for j, v in enumerate(t.data)])
             if k >= first
             else t
-            for k, t in enumerate(self.data.intermediates)
+            for k, t in enumerate(tensors)
         ]
 
     def _latency(self, vec: int) -> tuple[int, int, int]:
@@ -398,52 +453,51 @@ class App:
             med = self.data.latency_budget_us * 1.3
         return math.floor(med * 0.985), math.floor(med), math.ceil(med * 1.03)
 
-    def run(self, dump: bool = False) -> list[str | Stop]:
-        """The output of `run` / `run dump`, as pieces; a Stop ends the output for good."""
+    def run(self, dump: bool = False) -> Iterator[str | Stop]:
+        """The output of `run` / `run dump`, piece by piece as it is computed; a Stop ends it for good."""
         d = self.data
-        out: list[str | Stop] = []
         self.waiting = False  # one run per boot, like the firmware (a reboot inside waits again)
         sha = d.sha256 if self.fault != "stale_model" else hashlib.sha256(d.espdl_bytes + b"stale").hexdigest()
-        out.append(self._line("MODEL", sha256=sha, bytes=len(d.espdl_bytes), location="rodata"))
+        yield self._line("MODEL", sha256=sha, bytes=len(d.espdl_bytes), location="rodata")
         internal_used = d.internal_basis if self.fault != "memory_over" else math.ceil(d.internal_budget * 1.25)
         before = (INTERNAL_FREE_BEFORE_LOAD, PSRAM_FREE_BEFORE_LOAD)
         after_load = (before[0] - internal_used // 2, before[1] - d.psram_basis // 2)
         low = (before[0] - internal_used, before[1] - d.psram_basis)
-        out.append(self._line("MEM", stage="before_load", internal_free=before[0], psram_free=before[1]))
-        out.append(self._line("MEM", stage="after_load", internal_free=after_load[0], psram_free=after_load[1]))
+        yield self._line("MEM", stage="before_load", internal_free=before[0], psram_free=before[1])
+        yield self._line("MEM", stage="after_load", internal_free=after_load[0], psram_free=after_load[1])
         tensors = 0
         for vec, name in enumerate(d.vector_names):
             strike = vec == self.fault_vector
-            out.append(self._line("INPUT", vec=vec, name=name, exp=d.input_exponent, dtype=d.input_dtype))
+            yield self._line("INPUT", vec=vec, name=name, exp=d.input_exponent, dtype=d.input_dtype)
             if strike and self.fault in ("reset", "panic", "silent"):
-                out.append({"reset": self._reset_banner, "panic": self._panic, "silent": Stop}[self.fault]())
-                return out
-            lines = [line for t in self._outputs(vec) for line in self._tensor_lines(vec, t)]
-            tensors += len(d.outputs[vec])
+                yield {"reset": self._reset_banner, "panic": self._panic, "silent": Stop}[self.fault]()
+                return
+            outputs = self._outputs(vec)
+            lines = [line for t in outputs for line in self._tensor_lines(vec, t)]
+            tensors += len(outputs)
             if strike and self.fault == "truncated":
                 lines[0] = lines[0][: len(lines[0]) // 2] + "\n"
             if strike and self.fault == "bad_checksum":
                 lines[0] = _flip_digit(lines[0])
-            out.extend(lines)
+            yield "".join(lines)
             lo, med, hi = self._latency(vec)
-            out.append(self._line("LAT", vec=vec, runs=self.runs, min_us=lo, med_us=med, max_us=hi))
-        out.append(self._line("MEM", stage="after_runs", internal_free=after_load[0], psram_free=after_load[1]))
-        out.append(self._line("MEM", stage="low_water", internal_free=low[0], psram_free=low[1]))
+            yield self._line("LAT", vec=vec, runs=self.runs, min_us=lo, med_us=med, max_us=hi)
+        yield self._line("MEM", stage="after_runs", internal_free=after_load[0], psram_free=after_load[1])
+        yield self._line("MEM", stage="low_water", internal_free=low[0], psram_free=low[1])
         vectors = len(d.vector_names)
         if dump:  # like the firmware: vector 0's input as quantized, then every node output
             if d.dump_error:
-                out.append(self._line("ERROR", code="dump_unsupported", msg=d.dump_error))
-                out.append(self._end(vectors, tensors, ok=False))
-                return out
+                yield self._line("ERROR", code="dump_unsupported", msg=d.dump_error)
+                yield self._end(vectors, tensors, ok=False)
+                return
             for t in self._intermediates():
-                out.extend(self._tensor_lines(0, t))
+                yield "".join(self._tensor_lines(0, t))
                 tensors += 1
         passed = self._selftest() and self.fault != "selftest_fail"
         if not passed:
-            out.append(self._log("E", "dl::Model", "Test output 0 does not match", step=40))
-        out.append(self._line("SELFTEST", result="pass" if passed else "fail", basis=d.source))
-        out.append(self._end(vectors, tensors, ok=True))
-        return out
+            yield self._log("E", "dl::Model", "Test output 0 does not match", step=40)
+        yield self._line("SELFTEST", result="pass" if passed else "fail", basis=d.source)
+        yield self._end(vectors, tensors, ok=True)
 
     def _selftest(self) -> bool:
         """ESP-DL's model->test(): vector 0's outputs against the test outputs embedded in the .espdl
@@ -536,14 +590,16 @@ def serve(app: App, *, pty_file: Path | None = None, parent: int = 0, lifetime_s
     print(path, flush=True)
     pending = bytearray()  # bytes the host has not read yet
     inbox = bytearray()
+    running: Iterator[str | Stop] | None = None  # the run in progress, produced piece by piece
     stuck_since = None
     deadline = time.monotonic() + lifetime_s
     try:
         while time.monotonic() < deadline:
             if parent and os.getppid() != parent:
                 return
+            busy = running is not None and len(pending) < 65536
             want_write = [master] if pending else []
-            readable, writable, _ = select.select([master], want_write, [], 0.2)
+            readable, writable, _ = select.select([master], want_write, [], 0 if busy else 0.2)
             if readable:
                 try:
                     chunk = os.read(master, 4096)
@@ -556,16 +612,20 @@ def serve(app: App, *, pty_file: Path | None = None, parent: int = 0, lifetime_s
                 for command in _commands(inbox):
                     if command == "reset":  # the esp service's hard reset (RTS/EN)
                         pending.clear()  # a reset discards what the UART had not sent yet
+                        running = None
                         pending += app.boot().encode()
                     elif not app.waiting:
                         continue  # before the first reset, while running, hung, or done: deaf
                     elif command in ("run", "run dump"):
-                        for piece in app.run(dump=command == "run dump"):
-                            if isinstance(piece, Stop):
-                                break
-                            pending += piece.encode()
+                        running = app.run(dump=command == "run dump")
                     else:
                         pending += f"gm: unknown command '{command}'; send 'run' or 'run dump'\n".encode()
+            if running is not None and len(pending) < 65536:
+                piece = next(running, None)
+                if piece is None or isinstance(piece, Stop):
+                    running = None  # done, or hung for good (until the next reset)
+                else:
+                    pending += piece.encode()
             if pending and writable:
                 try:
                     n = os.write(master, pending[:4096])
