@@ -59,9 +59,11 @@ namespace {
 #if CONFIG_GM_RUN_MULTI_CORE
 constexpr dl::runtime_mode_t kRunMode = dl::RUNTIME_MODE_MULTI_CORE;
 constexpr int kCores = 2;
-#else
+#elif CONFIG_GM_RUN_SINGLE_CORE
 constexpr dl::runtime_mode_t kRunMode = dl::RUNTIME_MODE_SINGLE_CORE;
 constexpr int kCores = 1;
+#else
+#error "choose GM_RUN_SINGLE_CORE or GM_RUN_MULTI_CORE (main/Kconfig.projbuild)"
 #endif
 #if CONFIG_GM_PARAM_COPY
 constexpr bool kParamCopy = true;
@@ -244,6 +246,7 @@ bool dump_intermediates(Session &s, dl::Model *model, const std::string &input_n
         model->run(user_inputs, kRunMode, {{name, &copy}});
         emit_tensor(s.em, 0, name, &copy);
         s.tensors++;
+        vTaskDelay(1);
     }
     return true;
 }

@@ -1,0 +1,157 @@
+"""`quant firmware`: build the ESP-IDF test app once per variant -> firmware/build_esp32s3_<variant>/.
+
+Needs an installed ESP-IDF (>= 5.3) exported in the shell (`. $IDF_PATH/export.sh`). Each variant is
+one `idf.py` build of firmware/ with `sdkconfig.defaults;sdkconfig.ci.<variant>`, the same folders
+and configurations that `idf-build-apps build` (CI, .idf_build_apps.toml) produces.
+
+Used by the target tests at a bench: `needs_build(variant)` says why a build folder is missing or
+stale (None when it is up to date) and `build(variant)` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from quant.errors import UserError
+from quant import paths
+from quant.paths import VARIANTS
+
+TARGET = "esp32s3"
+PROJECT = "gesture_test_app"  # project() in firmware/CMakeLists.txt: the app binary is <PROJECT>.bin
+FIRMWARE_SOURCES = (
+    "CMakeLists.txt",
+    "version.txt",
+    "partitions.csv",
+    "sdkconfig.defaults",
+    f"sdkconfig.defaults.{TARGET}",
+)
+INSTALL_HINT = (
+    "install ESP-IDF >= 5.3 and export it in this shell ('. $IDF_PATH/export.sh'); "
+    "see docs/readme/firmware.md"
+)
+
+
+def build_dir(variant: str) -> Path:
+    """firmware/build_esp32s3_<variant>: idf-build-apps' build_@t_@w, what pytest-embedded flashes."""
+    return paths.FIRMWARE / f"build_{TARGET}_{variant}"
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant '{variant}'; use one of {', '.join(VARIANTS)}")
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).relative_to(paths.REPO))
+    except ValueError:
+        return str(path)
+
+
+def sources(variant: str) -> list[Path]:
+    """Every file a variant's build depends on: its .espdl, the vectors and the firmware sources."""
+    _check_variant(variant)
+    files = [paths.variant_file(variant, ".espdl", paths.MODELS), paths.VECTORS_BIN, paths.VECTORS_META]
+    files += [paths.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}")]
+    files += sorted(p for p in (paths.FIRMWARE / "main").iterdir() if p.is_file())
+    return files
+
+
+def needs_build(variant: str) -> str | None:
+    """Why firmware/build_esp32s3_<variant> must be (re)built, or None when it is up to date."""
+    folder = build_dir(variant)
+    app = folder / f"{PROJECT}.bin"
+    for required in (folder / "flasher_args.json", app, folder / "config" / "sdkconfig.json"):
+        if not required.is_file():
+            return f"{_rel(folder)} has no {required.relative_to(folder)} (not built yet)"
+    built = app.stat().st_mtime
+    for src in sources(variant):
+        if not src.exists():
+            return f"{_rel(src)} is missing"
+        if src.stat().st_mtime > built:
+            return f"{_rel(src)} is newer than {_rel(app)}"
+    configured = json.loads((folder / "config" / "sdkconfig.json").read_text()).get("GM_VARIANT")
+    if configured != variant:
+        return f"{_rel(folder)} was configured for variant {configured!r}"
+    return None
+
+
+def idf_command() -> list[str]:
+    """The idf.py command of the exported ESP-IDF; UserError when ESP-IDF is not installed/exported."""
+    idf_path = os.environ.get("IDF_PATH")
+    if not idf_path:
+        raise UserError(f"building the firmware needs ESP-IDF, and IDF_PATH is not set: {INSTALL_HINT}")
+    idf_py = Path(idf_path) / "tools" / "idf.py"
+    if not idf_py.is_file():
+        raise UserError(f"IDF_PATH={idf_path} has no tools/idf.py: {INSTALL_HINT}")
+    # export.sh records ESP-IDF's own Python environment; idf.py needs it (not this project's venv)
+    env_python = Path(os.environ.get("IDF_PYTHON_ENV_PATH", "")) / "bin" / "python"
+    if os.environ.get("IDF_PYTHON_ENV_PATH") and env_python.is_file():
+        return [str(env_python), str(idf_py)]
+    on_path = shutil.which("idf.py")
+    if on_path:
+        return [on_path]
+    raise UserError(f"ESP-IDF at {idf_path} is not exported in this shell (no idf.py on PATH): {INSTALL_HINT}")
+
+
+def build(variant: str) -> Path:
+    """Build one variant's test app into firmware/build_esp32s3_<variant>; returns that folder."""
+    _check_variant(variant)
+    command = idf_command()
+    for src in sources(variant):
+        if not src.exists():
+            raise UserError(f"{_rel(src)} is missing: produce the models first ('make models' or 'quant build')")
+    folder = build_dir(variant)
+    folder.mkdir(parents=True, exist_ok=True)
+    # a fresh sdkconfig, so edited sdkconfig.defaults / sdkconfig.ci.* always apply (objects are kept)
+    (folder / "sdkconfig").unlink(missing_ok=True)
+    command += [
+        "-C", str(paths.FIRMWARE),
+        "-B", str(folder),
+        f"-DIDF_TARGET={TARGET}",
+        f"-DSDKCONFIG={folder / 'sdkconfig'}",
+        f"-DSDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.{variant}",
+        "build",
+    ]
+    print(f"[firmware] {variant}: {' '.join(command)}", flush=True)
+    result = subprocess.run(command, cwd=paths.FIRMWARE, check=False)
+    if result.returncode != 0:
+        raise UserError(
+            f"the {variant} firmware build failed (idf.py exit {result.returncode}); "
+            f"see the output above and {_rel(folder / 'log')}"
+        )
+    reason = needs_build(variant)
+    if reason:
+        raise UserError(f"the {variant} firmware build finished but is incomplete: {reason}")
+    return folder
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--variant", action="append", choices=VARIANTS, metavar="V",
+        help=f"build only this variant (repeatable; default: all of {', '.join(VARIANTS)})",
+    )
+    parser.add_argument(
+        "--check", action="store_true",
+        help="do not build: say which build folders are missing or stale (exit 1 if any); needs no ESP-IDF",
+    )
+
+
+def run(args) -> int:
+    variants = tuple(dict.fromkeys(args.variant or VARIANTS))
+    if args.check:
+        stale = 0
+        for variant in variants:
+            reason = needs_build(variant)
+            stale += reason is not None
+            print(f"{variant}: up to date ({_rel(build_dir(variant))})" if reason is None else f"{variant}: needs a build: {reason}")
+        return 1 if stale else 0
+    idf_command()  # fail before building anything when ESP-IDF is missing
+    for variant in variants:
+        folder = build(variant)
+        print(f"[firmware] {variant}: built {_rel(folder)}")
+    return 0

@@ -1,0 +1,324 @@
+"""The ESP-IDF test app (firmware/) is complete and agrees with the Python side.
+
+No ESP-IDF is needed. The syntax check against the real ESP-IDF/ESP-DL headers and the
+idf-build-apps discovery run when the trees are available (FWCHECK_IDF, FWCHECK_ESPDL,
+FWCHECK_SCRIPT; see docs/readme/firmware.md) and are skipped with that instruction otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import quant
+from quant import firmware, paths
+
+FW = paths.FIRMWARE
+MAIN = FW / "main"
+APP = MAIN / "app_main.cpp"
+KCONFIG = MAIN / "Kconfig.projbuild"
+IDF_TREE = Path(os.environ.get("FWCHECK_IDF", "/work/scratch/esp-idf"))
+ESPDL_TREE = Path(os.environ.get("FWCHECK_ESPDL", "/work/scratch/esp-dl"))
+SYNTAX_SCRIPT = Path(os.environ.get("FWCHECK_SCRIPT", "/work/shared/tools/firmware_syntax.sh"))
+TREES_HOWTO = (
+    "needs ESP-IDF and ESP-DL source trees and firmware_syntax.sh: set FWCHECK_IDF, FWCHECK_ESPDL and "
+    "FWCHECK_SCRIPT (see docs/readme/firmware.md, 'Checking the sources without a toolchain')"
+)
+
+
+def _sdkconfig(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^(CONFIG_\w+)=(.*)$", line.strip())
+        if m:
+            out[m.group(1)] = m.group(2).strip('"')
+    return out
+
+
+def _kconfig_options() -> dict[str, dict]:
+    """GM_* options of Kconfig.projbuild: name -> {type, default, choice}."""
+    options, current, choice = {}, None, None
+    for raw in KCONFIG.read_text().splitlines():
+        line = raw.strip()
+        if m := re.match(r"^choice (\w+)", line):
+            choice, current = {"name": m.group(1), "default": None}, None
+            continue
+        if line == "endchoice":
+            choice, current = None, None
+            continue
+        if m := re.match(r"^config (\w+)", line):
+            current = options[m.group(1)] = {"type": None, "default": None, "choice": choice}
+            continue
+        if m := re.match(r"^(bool|int|string)\b", line):
+            if current is not None:
+                current["type"] = m.group(1)
+            continue
+        if m := re.match(r"^default (.+)$", line):
+            if choice is not None and current is None:
+                choice["default"] = m.group(1)
+            elif current is not None:
+                current["default"] = m.group(1)
+    return options
+
+
+def _kconfig_defines() -> list[str]:
+    """-D flags for the Kconfig defaults, as sdkconfig.h would define them (bool n -> absent)."""
+    flags = []
+    for name, opt in _kconfig_options().items():
+        if opt["choice"] is not None:
+            if opt["choice"]["default"] == name:
+                flags.append(f"-DCONFIG_{name}=1")
+        elif opt["type"] == "bool":
+            if opt["default"] == "y":
+                flags.append(f"-DCONFIG_{name}=1")
+        else:
+            flags.append(f"-DCONFIG_{name}={opt['default']}")
+    return flags
+
+
+def _need_models(*files: Path) -> None:
+    missing = [str(f.relative_to(paths.REPO)) for f in files if not f.exists()]
+    if missing:
+        pytest.skip(f"models not produced yet ({', '.join(missing)}): run 'make models'")
+
+
+# ------------------------------------------------------------------ configurations and constants
+
+
+def test_one_ci_config_per_variant_naming_that_variant():
+    configs = {p.name.removeprefix("sdkconfig.ci."): p for p in FW.glob("sdkconfig.ci.*")}
+    assert sorted(configs) == sorted(paths.VARIANTS)
+    for variant, path in configs.items():
+        assert _sdkconfig(path)["CONFIG_GM_VARIANT"] == variant, f"{path.name} builds another variant"
+
+
+def test_firmware_version_is_the_quant_version():
+    assert (FW / "version.txt").read_text().strip() == quant.__version__
+
+
+def test_project_name_gives_the_app_binary_quant_firmware_looks_for():
+    m = re.search(r"^project\((\w+)\)", (FW / "CMakeLists.txt").read_text(), re.M)
+    assert m and m.group(1) == firmware.PROJECT
+
+
+def test_cmake_embeds_the_files_quant_paths_name():
+    text = (MAIN / "CMakeLists.txt").read_text()
+    sets = dict(re.findall(r'^set\((gm_model|gm_vectors_bin|gm_vectors_json) "([^"]+)"\)', text, re.M))
+    for variant in paths.VARIANTS:
+        model = sets["gm_model"].replace("${gm_repo}", str(paths.REPO)).replace("${gm_variant}", variant)
+        assert Path(model) == paths.variant_file(variant, ".espdl")
+    assert Path(sets["gm_vectors_bin"].replace("${gm_repo}", str(paths.REPO))) == paths.VECTORS_BIN
+    assert Path(sets["gm_vectors_json"].replace("${gm_repo}", str(paths.REPO))) == paths.VECTORS_META
+    # the embedded symbols the app declares are the ones CMake creates
+    for name in re.findall(r"RENAME_TO (\w+)\)", text):
+        assert f'asm("_binary_{name}_start")' in APP.read_text()
+        assert f'asm("_binary_{name}_end")' in APP.read_text()
+
+
+def test_build_sources_quant_firmware_watches_exist():
+    for name in firmware.FIRMWARE_SOURCES:
+        assert (FW / name).is_file(), f"quant.firmware watches firmware/{name}, which does not exist"
+    srcs = re.search(r"SRCS ([^\n]+)", (MAIN / "CMakeLists.txt").read_text()).group(1)
+    for src in re.findall(r'"([^"]+)"', srcs):
+        assert (MAIN / src).is_file(), f"main/CMakeLists.txt compiles {src}, which does not exist"
+
+
+def test_every_kconfig_option_the_sources_use_is_declared_and_every_declared_one_is_used():
+    declared = {f"CONFIG_{name}" for name in _kconfig_options()}
+    texts = [APP.read_text(), (MAIN / "CMakeLists.txt").read_text()]
+    texts += [p.read_text() for p in FW.glob("sdkconfig.*")]
+    used = set()
+    for text in texts:
+        used |= set(re.findall(r"\bCONFIG_GM_\w+", text))
+    assert used <= declared, f"used but not in Kconfig.projbuild: {sorted(used - declared)}"
+    in_code = set(re.findall(r"\bCONFIG_GM_\w+", texts[0] + texts[1]))
+    assert declared <= in_code, f"declared but never used by the app: {sorted(declared - in_code)}"
+
+
+def test_app_prints_the_tags_and_fields_of_docs_protocol():
+    doc = (paths.REPO / "docs" / "protocol.md").read_text()
+    table = {}
+    for tag, fields in re.findall(r"^\| `([A-Z]+)` \| ([^|]*)\|", doc, re.M):
+        fields = re.sub(r"\([^)]*\)", "", fields)  # "(`pass`/`fail`)" lists values, not fields
+        table[tag] = set(re.findall(r"`([a-z0-9_]+)(?:=[^`]*)?`", fields))
+    app = APP.read_text()
+    printed = {}
+    for tag, body in re.findall(r'em\.begin\("([A-Z]+)"\);(.*?)em\.end\(\);', app, re.S):
+        printed.setdefault(tag, set()).update(re.findall(r'em\.field(?:_u)?\("([a-z0-9_]+)"', body))
+    assert printed, "no em.begin(...) ... em.end() blocks found in app_main.cpp"
+    for tag, fields in printed.items():
+        assert tag in table, f"app_main.cpp prints {tag}, which docs/protocol.md does not define"
+        assert fields == table[tag], f"{tag}: app prints {sorted(fields)}, protocol.md says {sorted(table[tag])}"
+    stages = set(re.findall(r'mem_line\(em, "([a-z_]+)"', app))
+    assert stages == {"before_load", "after_load", "after_runs", "low_water"}
+    assert "@gm1" not in app, "protocol lines come from result_protocol.cpp only"
+
+
+def test_partitions_hold_the_app_with_model_and_vectors_inside_the_flash():
+    rows = [r for r in csv.reader(io.StringIO((FW / "partitions.csv").read_text()))
+            if r and not r[0].lstrip().startswith("#")]
+    parts = {r[0].strip(): (int(r[3], 0), int(r[4], 0)) for r in rows}
+    flash = _sdkconfig(FW / "sdkconfig.defaults.esp32s3")
+    flash_mb = [int(k.split("_")[-1][:-2]) for k in flash if re.match(r"CONFIG_ESPTOOLPY_FLASHSIZE_\d+MB$", k)]
+    assert len(flash_mb) == 1
+    end = 0
+    for name, (offset, size) in sorted(parts.items(), key=lambda kv: kv[1][0]):
+        assert offset >= end, f"partition {name} overlaps the one before it"
+        end = offset + size
+    assert end <= flash_mb[0] << 20, "partition table is larger than the configured flash"
+    offset, size = parts["factory"]
+    assert offset % 0x10000 == 0, "app partitions must be 64 KB aligned"
+    espdl = [paths.variant_file(v, ".espdl") for v in paths.VARIANTS]
+    _need_models(*espdl, paths.VECTORS_BIN)
+    embedded = max(f.stat().st_size for f in espdl) + paths.VECTORS_BIN.stat().st_size
+    code_allowance = 3 << 20  # ESP-IDF + ESP-DL code: an estimate (ESP-DL's own apps use 2-8 MB app partitions)
+    assert embedded + code_allowance <= size, (
+        f"factory partition ({size} B) too small for {embedded} B of model+vectors plus {code_allowance} B of code"
+    )
+
+
+def test_vectors_satisfy_the_firmware_build_rules():
+    _need_models(paths.VECTORS_META, paths.VECTORS_BIN)
+    doc = json.loads(paths.VECTORS_META.read_text())
+    assert doc["format"] == 1 and doc["dtype"] == "float32" and len(doc["shape"]) == 4
+    elements = doc["shape"][1] * doc["shape"][2] * doc["shape"][3]
+    assert paths.VECTORS_BIN.stat().st_size == len(doc["vectors"]) * elements * 4
+    for v in doc["vectors"]:
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+", v["name"]), f"vector name {v['name']!r} breaks gm_vectors.h"
+    for variant in paths.VARIANTS:
+        meta = paths.variant_file(variant, ".json")
+        if meta.exists():
+            shape = json.loads(meta.read_text())["input"]["shape_nchw"]
+            assert shape[1] * shape[2] * shape[3] == elements, f"{variant}: model input size != vector size"
+
+
+# ------------------------------------------------------------------ quant firmware
+
+
+def test_quant_firmware_without_esp_idf_says_how_to_get_it():
+    env = {k: v for k, v in os.environ.items() if k not in ("IDF_PATH", "IDF_PYTHON_ENV_PATH")}
+    result = subprocess.run([sys.executable, "-m", "quant", "firmware"], capture_output=True, text=True,
+                            env=env, cwd=paths.REPO, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "ESP-IDF" in result.stderr and "export.sh" in result.stderr
+
+
+FAKE_IDF_PY = r'''#!{python}
+import json, pathlib, sys
+args = sys.argv[1:]
+build = pathlib.Path(args[args.index("-B") + 1])
+defaults = next(a for a in args if a.startswith("-DSDKCONFIG_DEFAULTS=")).split("=", 1)[1]
+variant = defaults.rsplit("sdkconfig.ci.", 1)[1]
+(build / "config").mkdir(parents=True, exist_ok=True)
+(build / "config" / "sdkconfig.json").write_text(json.dumps({{"GM_VARIANT": variant}}))
+(build / "flasher_args.json").write_text("{{}}")
+(build / "gesture_test_app.bin").write_bytes(b"app")
+(build / "argv.json").write_text(json.dumps(args))
+'''
+
+
+@pytest.fixture
+def fake_repo(tmp_path, monkeypatch):
+    """A copy of firmware/ with stand-in models, and an 'exported ESP-IDF' whose idf.py fakes a build."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(FW, repo / "firmware", ignore=shutil.ignore_patterns("build*", "managed_components"))
+    models = repo / "models"
+    for v in paths.VARIANTS:
+        paths.variant_file(v, ".espdl", models).parent.mkdir(parents=True)
+        paths.variant_file(v, ".espdl", models).write_bytes(b"EDL2")
+    (models / "test_vectors.bin").write_bytes(b"\0" * 16)
+    (models / "test_vectors.json").write_text("{}")
+    for name, value in {"REPO": repo, "MODELS": models, "FIRMWARE": repo / "firmware",
+                        "VECTORS_BIN": models / "test_vectors.bin", "VECTORS_META": models / "test_vectors.json"}.items():
+        monkeypatch.setattr(paths, name, value)
+    idf = tmp_path / "idf"
+    (idf / "tools").mkdir(parents=True)
+    (idf / "tools" / "idf.py").write_text("")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "idf.py").write_text(FAKE_IDF_PY.format(python=sys.executable))
+    (bindir / "idf.py").chmod(0o755)
+    monkeypatch.setenv("IDF_PATH", str(idf))
+    monkeypatch.delenv("IDF_PYTHON_ENV_PATH", raising=False)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return repo
+
+
+def test_build_runs_idf_py_per_variant_into_the_folder_pytest_embedded_reads(fake_repo):
+    assert firmware.needs_build("mixed") == "firmware/build_esp32s3_mixed has no flasher_args.json (not built yet)"
+    folder = firmware.build("mixed")
+    assert folder == fake_repo / "firmware" / "build_esp32s3_mixed"
+    argv = json.loads((folder / "argv.json").read_text())
+    assert argv[-1] == "build" and "-DIDF_TARGET=esp32s3" in argv
+    assert "-DSDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.mixed" in argv
+    assert firmware.needs_build("mixed") is None
+
+
+def test_a_newer_model_makes_the_build_stale(fake_repo):
+    firmware.build("int8")
+    model = paths.variant_file("int8", ".espdl", paths.MODELS)
+    app = firmware.build_dir("int8") / "gesture_test_app.bin"
+    os.utime(model, (app.stat().st_mtime + 10, app.stat().st_mtime + 10))
+    assert firmware.needs_build("int8") == (
+        "models/gesture_model_int8/gesture_model_int8.espdl is newer than firmware/build_esp32s3_int8/gesture_test_app.bin"
+    )
+
+
+def test_a_build_folder_of_another_variant_is_stale(fake_repo):
+    firmware.build("int8")
+    config = firmware.build_dir("int8") / "config" / "sdkconfig.json"
+    config.write_text(json.dumps({"GM_VARIANT": "balanced"}))
+    os.utime(config, (0, 0))
+    assert firmware.needs_build("int8") == "firmware/build_esp32s3_int8 was configured for variant 'balanced'"
+
+
+# ------------------------------------------------------------------ with ESP-IDF / ESP-DL trees
+
+
+def _trees_or_skip():
+    if not (IDF_TREE / "components" / "esp_system").is_dir() or not ESPDL_TREE.is_dir() or not SYNTAX_SCRIPT.is_file():
+        pytest.skip(f"firmware syntax check {TREES_HOWTO}")
+
+
+@pytest.mark.parametrize("run_mode", ["GM_RUN_SINGLE_CORE", "GM_RUN_MULTI_CORE"])
+def test_firmware_sources_compile_against_the_real_esp_idf_and_esp_dl_headers(tmp_path, run_mode):
+    _trees_or_skip()
+    names = ["stub"]
+    if paths.VECTORS_META.exists():
+        names = [v["name"] for v in json.loads(paths.VECTORS_META.read_text())["vectors"]]
+    (tmp_path / "gm_vectors.h").write_text(  # what main/CMakeLists.txt generates
+        f"#pragma once\n#define GM_VECTOR_COUNT {len(names)}\n#define GM_VECTOR_ELEMENTS 9216\n"
+        "static const char *const kGmVectorNames[GM_VECTOR_COUNT] = {"
+        + ", ".join(f'"{n}"' for n in names) + "};\n"
+    )
+    defines = [d for d in _kconfig_defines() if not d.startswith("-DCONFIG_GM_RUN_")] + [f"-DCONFIG_{run_mode}=1"]
+    env = dict(os.environ, FWCHECK_WERROR="1",
+               FWCHECK_EXTRA_COMPONENTS="esp_driver_uart esp_driver_usb_serial_jtag vfs",
+               FWCHECK_EXTRA_CXXFLAGS=" ".join([f"-I{tmp_path}", '-DGM_ESPDL_VERSION="3.3.9"', *defines]))
+    sources = sorted(str(p) for p in MAIN.glob("*.cpp"))
+    result = subprocess.run(["bash", str(SYNTAX_SCRIPT), str(IDF_TREE), str(ESPDL_TREE), *sources],
+                            capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(sources)} passed, 0 failed" in result.stdout
+
+
+def test_idf_build_apps_finds_one_app_per_variant():
+    if not (IDF_TREE / "tools" / "idf_py_actions").is_dir():
+        pytest.skip(f"idf-build-apps discovery {TREES_HOWTO}")
+    env = dict(os.environ, IDF_PATH=str(IDF_TREE))
+    result = subprocess.run([sys.executable, "-m", "idf_build_apps", "find"], capture_output=True, text=True,
+                            env=env, cwd=paths.REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    found = sorted(re.findall(r"build in firmware/(build_esp32s3_\w+)", result.stdout))
+    assert found == sorted(firmware.build_dir(v).name for v in paths.VARIANTS)
