@@ -277,7 +277,7 @@ def parse_line(line: str | bytes) -> Record | None:
         raise CorruptLine("no ' *<8 hex digits>' checksum at the end (truncated or garbled)")
     body, crc = frame.group(1), int(frame.group(2), 16)
     if crc32(body) != crc:
-        raise CorruptLine(f"checksum mismatch (line says {crc:08x}, content gives {crc32(body):08x})")
+        raise CorruptLine(f"checksum mismatch: line says {crc:08x}, content gives {crc32(body):08x}")
     tokens = body.split(" ")
     tag = tokens[1]
     if not _TAG_RE.fullmatch(tag):
