@@ -1,0 +1,213 @@
+"""Drive one board session over a pytest-embedded `dut` and turn it into a trusted BoardRun.
+
+    run = run_board(dut, virtual=False, timeout_s=25)     # raises BoardSessionError on any fault
+
+The session (docs/protocol.md): a real board is reset by the `esp` service when the port opens; a
+virtual board is silent until it receives `reset` (pyserial flushes input on open), so we send it.
+Then we wait for `READY`, send `run` (or `run dump`) and read until `END`. Every byte goes through
+`quant.protocol.Session`; the run fails, with the DUT log path, when the board resets or panics
+(the message says during which vector), goes silent for `timeout_s` seconds, speaks another protocol
+version, prints corrupt lines, reports ERROR, or ends without a complete, consistent transcript.
+Nothing here can hang: every wait is bounded by `timeout_s` of silence and a total deadline.
+
+`run_variant` is what the target tests call once per variant: the run, the output comparison and,
+when outputs mismatch, a second `run dump` session whose intermediates localize the first diverging
+layer (quant.bisect).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quant import protocol
+from quant.errors import UserError
+from quant.paths import FIRMWARE, MODELS
+
+DEFAULT_TIMEOUT_S = 25.0  # the longest silence a healthy board shows (boot, one vector's runs)
+TOTAL_FACTOR = 10  # a run may take at most TOTAL_FACTOR * timeout_s in all (dump: DUMP_FACTOR)
+DUMP_FACTOR = 40
+_LINES = re.compile(rb"(?:[^\n]*\n)+")  # every complete line in the buffer at once
+
+
+class BoardSessionError(Exception):
+    """The board session failed; the message says why and where the DUT log is."""
+
+
+@dataclass
+class BoardOutcome:
+    """What the target tests of one variant read (cached: the board runs once per variant)."""
+
+    variant: str
+    virtual: bool
+    models: Path = MODELS  # the variant folders the run is held to
+    run: protocol.BoardRun | None = None
+    error: str | None = None  # the session failed: every test of the variant fails with this
+    log_path: str | None = None
+    verdict: Any = None  # quant.compare.Verdict
+    tolerance: dict | None = None
+    compare_error: str | None = None  # the reference could not be read
+    bisect_note: str | None = None  # first diverging layer (or why it could not be localized)
+
+
+def _log_hint(dut: Any) -> str:
+    path = getattr(dut, "logfile", None)
+    return f"DUT log: {path}" if path else "DUT log: (none)"
+
+
+def _read(dut: Any, session: protocol.Session, done, *, phase: str, timeout_s: float, deadline: float) -> None:
+    """Feed the DUT's output to `session` until `done(session.run)` or a fault; bounded."""
+    import pexpect  # pytest-embedded's dependency; imported here so the module imports fast
+
+    while not done(session.run):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BoardSessionError(
+                f"the board did not finish in time: still {phase} after the total limit "
+                f"({session.line_no} lines received; the last protocol line was {session.run.last_tag or 'none'}); "
+                f"it prints without ever ending; {_log_hint(dut)}"
+            )
+        try:
+            match = dut.expect(_LINES, timeout=min(timeout_s, remaining))
+        except pexpect.TIMEOUT:
+            if deadline - time.monotonic() <= 0:
+                continue  # reported as the total limit above
+            partial = dut.pexpect_proc.buffer
+            tail = f"; an unfinished line is pending: {partial[-120:]!r}" if partial else ""
+            raise BoardSessionError(
+                f"the board went silent: no output for {timeout_s:.0f} s while {phase} "
+                f"({session.line_no} lines received; the last protocol line was "
+                f"{session.run.last_tag or 'none'}{tail}); check that the board runs the test app, "
+                f"or raise --board-timeout if one vector's runs legitimately take longer; {_log_hint(dut)}"
+            ) from None
+        except pexpect.EOF:
+            raise BoardSessionError(f"the serial port closed while {phase}; {_log_hint(dut)}") from None
+        session.feed(match.group(0))
+
+
+def _stop_reading(run: protocol.BoardRun) -> bool:
+    return bool(run.resets or run.foreign)
+
+
+def run_board(dut: Any, *, virtual: bool, dump: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
+              total_s: float | None = None) -> protocol.BoardRun:
+    """One session: (reset,) wait for READY, send `run`/`run dump`, read until END. A trusted run or
+    BoardSessionError."""
+    total_s = total_s or timeout_s * (DUMP_FACTOR if dump else TOTAL_FACTOR)
+    deadline = time.monotonic() + total_s
+    session = protocol.Session()
+    if virtual:
+        dut.write("reset")  # the virtual board's equivalent of the esp service's hard reset
+    _read(dut, session, lambda r: r.ready or r.end is not None or _stop_reading(r),
+          phase="waiting for the test app to boot (BOOT, READY)", timeout_s=timeout_s, deadline=deadline)
+    if session.run.ready and not _stop_reading(session.run):
+        dut.write("run dump" if dump else "run")
+        _read(dut, session, lambda r: r.end is not None or _stop_reading(r),
+              phase="waiting for the results (until END)", timeout_s=timeout_s, deadline=deadline)
+    run = session.finish()
+    problems = run.problems()
+    if problems:
+        raise BoardSessionError(_explain(run, problems, dut))
+    return run
+
+
+def _explain(run: protocol.BoardRun, problems: list[str], dut: Any) -> str:
+    if run.resets:
+        r = run.resets[0]
+        kind = "panic" if any(m in r.evidence for m in protocol.PANIC_MARKERS) else "reset"
+        head = f"the board reset {r.where} ({kind}: {r.evidence.strip()[:120]})"
+    elif run.foreign:
+        head = "the board speaks another protocol version than this harness (protocol v1)"
+    elif run.corrupt:
+        head = (f"the board's output is corrupt: {len(run.corrupt)} protocol line(s) failed the checksum or "
+                "format and were not used as data (a flaky UART or baud rate?)")
+    elif run.errors:
+        head = "the test app reported an error"
+    else:
+        head = "the board's transcript is incomplete or inconsistent"
+    return "\n".join([head, *(f"  - {p}" for p in problems), _log_hint(dut)])
+
+
+# ---------------------------------------------------------------------------------------------
+# once per variant: run, compare, localize
+
+
+def _reset_for_rerun(dut: Any, virtual: bool) -> str | None:
+    """Get the board back to READY for a second session. None when done, else why not."""
+    if virtual:
+        return None  # run_board sends `reset`
+    hard_reset = getattr(getattr(dut, "serial", None), "hard_reset", None)
+    if hard_reset is None:
+        return "the serial service cannot reset this board (use the esp,idf services)"
+    hard_reset()
+    return None
+
+
+def localize(dut: Any, variant: str, *, virtual: bool, timeout_s: float, models: Path = MODELS) -> str:
+    """Run the board again in dump mode and name the first diverging layer (quant.bisect)."""
+    try:
+        from quant import bisect
+    except ImportError:
+        return "first diverging layer: not localized (quant.bisect is not available in this checkout)"
+    why_not = _reset_for_rerun(dut, virtual)
+    if why_not:
+        return f"first diverging layer: not localized ({why_not})"
+    try:
+        dump = run_board(dut, virtual=virtual, dump=True, timeout_s=timeout_s)
+    except BoardSessionError as exc:
+        return f"first diverging layer: not localized (the `run dump` session failed: {str(exc).splitlines()[0]})"
+    try:
+        return bisect.board_dump_report(dump, variant, models=models)
+    except UserError as exc:
+        return f"first diverging layer: not localized ({exc})"
+
+
+def run_variant(dut: Any, variant: str, *, virtual: bool, timeout_s: float = DEFAULT_TIMEOUT_S,
+                models: Path = MODELS, bisect: bool = True) -> BoardOutcome:
+    from quant import compare
+
+    outcome = BoardOutcome(variant=variant, virtual=virtual, models=Path(models), log_path=getattr(dut, "logfile", None))
+    try:
+        outcome.run = run_board(dut, virtual=virtual, timeout_s=timeout_s)
+    except BoardSessionError as exc:
+        outcome.error = f"{variant}: {exc}"
+        return outcome
+    outcome.virtual = virtual or outcome.run.virtual
+    try:
+        outcome.verdict, outcome.tolerance = compare.compare_run(outcome.run, variant, models)
+    except UserError as exc:
+        outcome.compare_error = str(exc)
+        return outcome
+    if bisect and not outcome.verdict.ok:
+        outcome.bisect_note = localize(dut, variant, virtual=virtual, timeout_s=timeout_s, models=models)
+    return outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# the firmware a bench flashes
+
+
+def ensure_firmware(variant: str, target: str = "esp32s3") -> str | None:
+    """Make sure firmware/build_<target>_<variant>/ exists and is current: build it with ESP-IDF
+    when it is missing or stale (quant.firmware). None when ready, else what to do."""
+    build_dir = FIRMWARE / f"build_{target}_{variant}"
+    try:
+        from quant import firmware
+    except ImportError:
+        firmware = None
+    if firmware is None or not hasattr(firmware, "needs_build"):
+        if (build_dir / "flasher_args.json").exists():
+            return None
+        return (f"{build_dir} is missing: build it with ESP-IDF >= 5.3 (`. $IDF_PATH/export.sh` then "
+                f"`quant firmware --variant {variant}`), or download the CI build artifacts into firmware/")
+    reason = firmware.needs_build(variant)
+    if reason is None:
+        return None
+    try:
+        firmware.build(variant)
+    except UserError as exc:
+        return f"{build_dir} must be built first ({reason}), and it could not be built here: {exc}"
+    return None

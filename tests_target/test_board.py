@@ -1,0 +1,61 @@
+"""The chip (or the virtual board) against the PPQ simulator and the .info budgets, per variant.
+
+The board runs once per variant (the `board` fixture in conftest.py caches the session); each test
+below checks one thing of that run. Run: `pytest --target esp32s3 --port=/dev/ttyUSB0 tests_target`
+at a bench, `pytest --virtual-board tests_target` without a board.
+"""
+
+import hashlib
+
+import pytest
+
+from quant import budgets
+from quant.paths import VARIANTS, variant_file
+
+pytestmark = [pytest.mark.board, pytest.mark.esp32s3, pytest.mark.parametrize("config", VARIANTS, indirect=True)]
+
+
+def test_outputs_match_simulator(board):
+    if board.compare_error:
+        pytest.fail(f"{board.variant}: {board.compare_error}", pytrace=False)
+    if not board.verdict.ok:
+        note = f"\n{board.bisect_note}" if board.bisect_note else ""
+        pytest.fail(f"{board.verdict.message(board.tolerance)}{note}\nDUT log: {board.log_path}", pytrace=False)
+
+
+def test_model_hash_matches_committed_espdl(board):
+    espdl = variant_file(board.variant, ".espdl", board.models)
+    committed = hashlib.sha256(espdl.read_bytes()).hexdigest()
+    ran = board.run.model_sha256
+    if ran != committed:
+        pytest.fail(
+            f"{board.variant}: the board runs another model: it loaded sha256 {ran}, the committed "
+            f"{espdl.name} is {committed}; the flash is stale: rebuild and reflash "
+            f"firmware/build_esp32s3_{board.variant} (pytest rebuilds it when ESP-IDF is installed)",
+            pytrace=False,
+        )
+
+
+def test_selftest_passed(board):
+    if board.run.selftest != "pass":
+        pytest.fail(
+            f"{board.variant}: ESP-DL model->test() on the test value embedded in the .espdl "
+            f"{'failed' if board.run.selftest == 'fail' else 'was not reported'} on the board; "
+            f"DUT log: {board.log_path}",
+            pytrace=False,
+        )
+
+
+def test_latency_within_budget(board):
+    problems = budgets.check(budgets.measure(board.run), budgets.load_budgets(board.variant, board.models), ("latency_us",),
+                             virtual=board.virtual, variant=board.variant)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def test_memory_within_budget(board):
+    problems = budgets.check(budgets.measure(board.run), budgets.load_budgets(board.variant, board.models),
+                             ("internal_ram_bytes", "psram_bytes", "flash_bytes"),
+                             virtual=board.virtual, variant=board.variant)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
