@@ -617,6 +617,8 @@ class Session:
         run = self.run
         if self._active_vec is not None:
             return f"during vector {self._active_vec}", self._active_vec
+        if "after_runs" in run.memory:
+            return "after the runs (during the intermediate dump or model->test())", None
         if self._last_vec is not None:
             return f"after vector {self._last_vec} had finished", None
         if run.model is None:
@@ -668,6 +670,7 @@ class Session:
 
     def _tag_input(self, f: dict[str, Any], n: int) -> None:
         self._once(f["vec"] in self.run.inputs, n, f"INPUT vec={f['vec']}")
+        self._in_range(f["vec"], n, "INPUT")
         self.run.inputs[f["vec"]] = Input(f["name"], f["exp"], f["dtype"])
         self._active_vec = f["vec"]
 
@@ -689,6 +692,10 @@ class Session:
 
     def _tag_lat(self, f: dict[str, Any], n: int) -> None:
         self._once(f["vec"] in self.run.latency, n, f"LAT vec={f['vec']}")
+        self._in_range(f["vec"], n, "LAT")
+        if f["runs"] != self.run.boot["runs"]:
+            self.run.inconsistencies.append(f"line {n}: LAT vec={f['vec']} runs={f['runs']} but BOOT "
+                                            f"announced runs={self.run.boot['runs']}")
         if not f["min_us"] <= f["med_us"] <= f["max_us"]:
             self.run.inconsistencies.append(f"line {n}: LAT vec={f['vec']} has min/med/max out of order")
         self.run.latency[f["vec"]] = Latency(f["runs"], f["min_us"], f["med_us"], f["max_us"])
@@ -702,6 +709,11 @@ class Session:
 
     def _tag_error(self, f: dict[str, Any], n: int) -> None:
         self.run.errors.append((n, f["code"], f["msg"]))
+
+    def _in_range(self, vec: int, n: int, tag: str) -> None:
+        if vec >= self.run.boot["vectors"]:
+            self.run.inconsistencies.append(f"line {n}: {tag} vec={vec} but BOOT announced "
+                                            f"{self.run.boot['vectors']} vectors")
 
     def _once(self, seen: bool, n: int, what: str) -> None:
         if seen:

@@ -389,6 +389,21 @@ def test_a_virtual_board_says_so_in_boot():
     assert not p.parse_transcript(TRANSCRIPT).virtual
 
 
+def test_a_reset_after_the_runs_says_so():
+    text = _insert_after(lambda line: "low_water" in line, "rst:0xc (RTC_SW_CPU_RST),boot:0x8\n")
+    assert _problems(text)[0].startswith("board reset after the runs (during the intermediate dump or "
+                                         "model->test()) (line 25: rst:0xc")
+
+
+def test_vectors_and_runs_must_match_boot():
+    boot = p.parse_line(next(line for line in LINES if "@gm1 BOOT" in line))
+    text = TRANSCRIPT.replace(boot.text, p.format_line("BOOT", {**boot.fields, "vectors": 1, "runs": 9}))
+    problems = _problems(text)
+    assert "line 19: INPUT vec=1 but BOOT announced 1 vectors" in problems
+    assert "line 18: LAT vec=0 runs=10 but BOOT announced runs=9" in problems
+    assert "BOOT announced 1 vectors, END reports 2" in problems
+
+
 def test_lines_after_end_are_ignored():
     run = p.parse_transcript(TRANSCRIPT + "Guru Meditation Error: Core 0\n" + READY + "\n")
     assert run.problems() == [] and run.complete and run.after_end == 2
