@@ -1,0 +1,80 @@
+"""The variants are data: three specs, one pipeline that never names a variant."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quant import variants
+from quant.errors import UserError
+from quant.info import mobilenetv2_macs
+from quant.quantize import relu6_to_relu
+
+QUANT = Path(variants.__file__).parent
+
+
+def test_three_variants_are_specs_named_by_their_keys():
+    assert list(variants.VARIANTS) == ["int8", "mixed", "balanced"]
+    for name, spec in variants.VARIANTS.items():
+        assert isinstance(spec, variants.VariantSpec) and spec.name == name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.bits = 16
+
+
+def test_specs_carry_the_issue_settings():
+    v = variants.VARIANTS
+    assert {n: s.floor_drop_points for n, s in v.items()} == {"int8": 1.0, "mixed": 0.3, "balanced": 0.5}
+    assert v["balanced"].relu6 == "to_relu"
+    assert (v["balanced"].equalization.iterations, v["balanced"].equalization.value_threshold,
+            v["balanced"].equalization.opt_level) == (4, 0.4, 2)
+    assert v["mixed"].sensitivity is not None and v["int8"].sensitivity is None
+    for spec in v.values():
+        assert "kl" not in spec.calibration.candidates  # measured to wreck ReLU6 models
+        assert len(spec.calibration.candidates) >= 2  # chosen by measurement, not by default
+
+
+def test_pipeline_never_branches_on_a_variant_name():
+    for module in ("quantize.py", "build.py", "sensitivity.py", "reference.py", "info.py"):
+        source = (QUANT / module).read_text()
+        assert not re.search(r"""["'](int8|mixed|balanced)["']""", source), module
+
+
+def test_a_loosened_tolerance_needs_a_reason():
+    with pytest.raises(ValueError, match="reason"):
+        variants.VariantSpec(name="x", summary="x", tolerance=variants.Tolerance(int8_lsb=1))
+    ok = variants.VariantSpec(name="x", summary="x", tolerance=variants.Tolerance(int8_lsb=1, reason="measured drift"))
+    assert ok.to_dict()["tolerance"]["reason"] == "measured drift"
+
+
+def test_spec_digest_changes_with_any_field():
+    base = variants.VARIANTS["int8"]
+    assert base.digest() == variants.VARIANTS["int8"].digest()
+    assert dataclasses.replace(base, floor_drop_points=0.9).digest() != base.digest()
+
+
+def test_unknown_variant_lists_the_known_ones():
+    with pytest.raises(UserError, match="int8, mixed, balanced"):
+        variants.get("int4")
+
+
+def test_relu6_swap_rewrites_only_clip_0_6():
+    init = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", 0.0), ("hi", 6.0), ("hi1", 1.0))]
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["a"], name="relu6"),
+             helper.make_node("Clip", ["a", "lo", "hi1"], ["y"], name="clip01")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert relu6_to_relu(model) == 1
+    assert [(n.name, n.op_type, list(n.input)) for n in model.graph.node] == [
+        ("relu6", "Relu", ["x"]), ("clip01", "Clip", ["a", "lo", "hi1"])]
+    onnx.checker.check_model(model)
+
+
+def test_latency_model_reproduces_published_mobilenetv2_macs():
+    # MobileNetV2 paper / torchvision: (1.0, 224) costs 300 M multiply-adds
+    assert abs(mobilenetv2_macs(1.0, 224, 1000) - 300e6) / 300e6 < 0.01
+    assert 30e6 < mobilenetv2_macs(0.5, 128, 11) < 33e6
