@@ -164,7 +164,7 @@ def _format_value(tag: str, key: str, value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{tag} {key}: booleans are not protocol values; use a word")
     if isinstance(value, (list, tuple, np.ndarray)):
-        items = [str(_index(tag, key, v)) for v in np.asarray(value).reshape(-1).tolist()] if len(value) else []
+        items = [str(_index(tag, key, v)) for v in np.asarray(value).reshape(-1).tolist()]
         sep = "x" if SCHEMA.get(tag, {}).get(key) is _shape else ","
         return sep.join(items) or "_"
     return str(_index(tag, key, value))
