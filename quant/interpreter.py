@@ -34,7 +34,6 @@ from quant.espdl import EspdlModel, Node, Tensor
 from quant.errors import UserError
 
 RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}
-ACC_BITS = {"int8": 20, "int16": 40}  # QACC lane widths on ESP32-S3 (bias is repacked to these widths)
 
 
 @dataclass
@@ -197,28 +196,31 @@ class Interpreter:
         wt = self._init(node.inputs[1])
         if wt is None:
             raise UserError(f"{node.op_type} {node.name!r}: weight {node.inputs[1]!r} is not an initializer")
-        group = int(node.attributes.get("group", 1)) if node.op_type == "Conv" else None
+        group = int(node.attributes.get("group", 1)) if node.op_type == "Conv" else 1
         qdtype = "int16" if node.attributes.get("quant_type") == "S16" else "int8"
         w = unpack_filter(wt, group, qdtype)
-        bias = None
-        if len(node.inputs) > 2 and node.inputs[2]:
+        n = w.shape[0]
+        # S3 int8: the first floor(N/16)*16 channels (all of a depthwise conv) accumulate in 20-bit QACC lanes,
+        # the rest in the 40-bit ACCX (TensorBase::reset_bias_layout); int16 uses 40 bits throughout.
+        lane_bits = np.full(n, 40, np.int64)
+        if qdtype == "int8":
+            lane_bits[: n if group > 1 else n // 16 * 16] = 20
+        prep = dict(w=w, w_exp=wt.exponent, bias=None, bias_note=None, lane_bits=lane_bits,
+                    wmat=w.reshape(n, -1).T.astype(np.float64))
+        if len(node.inputs) > 2 and node.inputs[2] and self._init(node.inputs[2]) is not None:
             bt = self._init(node.inputs[2])
-            if bt is not None:
-                bias = wrap(bt.data, ACC_BITS[qdtype])
-                if not np.array_equal(bias, bt.data.astype(np.int64)):
-                    bias_note = f"bias {bt.name} exceeds {ACC_BITS[qdtype]} bits and wraps on the chip"
-                else:
-                    bias_note = None
-                return dict(w=w, w_exp=wt.exponent, bias=bias, bias_note=bias_note, acc_dtype=qdtype,
-                            wmat=w.reshape(w.shape[0], -1).T.astype(np.float64))
-        return dict(w=w, w_exp=wt.exponent, bias=None, bias_note=None, acc_dtype=qdtype,
-                    wmat=w.reshape(w.shape[0], -1).T.astype(np.float64))
+            raw = bt.data.astype(np.int64)
+            prep["bias"] = np.where(lane_bits == 20, wrap(raw, 20), wrap(raw, 40))
+            if not np.array_equal(prep["bias"], raw):
+                prep["bias_note"] = f"bias {bt.name} exceeds its accumulator width and wraps on the chip"
+        return prep
 
-    def run(self, x, return_all: bool = False, notes: list | None = None) -> dict[str, QTensor]:
+    def run(self, x, return_all: bool = False) -> dict[str, QTensor]:
         """Run the graph on one input. Returns {value name: QTensor} for the outputs (or every value)."""
-        return self.run_full(x).tensors if return_all else {
-            k: v for k, v in self.run_full(x).tensors.items() if k in {o.name for o in self.model.outputs}
-        }
+        tensors = self.run_full(x).tensors
+        if return_all:
+            return tensors
+        return {o.name: tensors[o.name] for o in self.model.outputs}
 
     def quantize(self, x) -> QTensor:
         vi = self.model.inputs[0]
@@ -305,10 +307,12 @@ class Interpreter:
             acc = acc + prep["bias"]
             if prep["bias_note"]:
                 notes.append(Note(node.name, prep["bias_note"]))
-        bits = ACC_BITS[prep["acc_dtype"]]
-        peak = int(np.abs(acc).max()) if acc.size else 0
-        if peak >= 1 << (bits - 1):
-            notes.append(Note(node.name, f"accumulator reaches {peak}, beyond the {bits}-bit QACC lanes of the S3"))
+        peak = np.abs(acc).reshape(-1, acc.shape[-1]).max(axis=0) if acc.size else np.zeros(0, np.int64)
+        over = peak >= (np.int64(1) << (prep["lane_bits"] - 1))
+        if over.any():
+            ch = int(np.argmax(np.where(over, peak, -1)))
+            notes.append(Note(node.name, f"accumulator reaches {int(peak[ch])} on channel {ch}, beyond its "
+                                         f"{int(prep['lane_bits'][ch])}-bit ESP32-S3 accumulator lane"))
         shift = out_exp - x_exp - prep["w_exp"]
         if shift < 0:
             notes.append(Note(node.name, f"negative mac_shift {shift}: esp-ppq warns ESP-DL mis-computes this"))

@@ -1,0 +1,230 @@
+"""`quant diff`: find the first layer (in graph order) where two runs of a model diverge.
+
+Sources of per-layer tensors (named after the .espdl's values, NHWC ints + exponent):
+- `interpreter`        the host interpreter with ESP32-S3 arithmetic (quant.interpreter)
+- `interpreter-exact`  the same, with average pools dividing exactly as the PPQ simulator does
+- `FILE` (a transcript) a board's (or the virtual board's) serial output of `run dump`: protocol v1 TENSOR
+  lines (quant.protocol), vector `--vector`.
+
+Library API (used by the target tests and the virtual board): `first_divergence(model, a, b, tolerance)`,
+`layer_stats(model, a, b, tolerance)` and `format_report(model, a, b, tolerance, ...)`, where a and b map value
+names to anything with `data` (ints), `exponent` and `dtype` (interpreter.QTensor, protocol.Tensor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from quant.errors import UserError
+
+DEFAULT_TOLERANCE = {"int8_lsb": 0, "int16_lsb": 1, "same_exponent": True}
+
+
+@dataclass
+class LayerStat:
+    position: int            # index in graph order (0 = the model input)
+    value: str               # value (tensor) name
+    node: str | None         # producing node, None for a graph input
+    op_type: str | None
+    dtype: str
+    shape: tuple[int, ...]
+    exponent_a: int
+    exponent_b: int
+    max_lsb: int             # max |a - b| in integer steps (compared after aligning exponents when they differ)
+    mismatches: int          # elements beyond tolerance
+    size: int
+    allowed_lsb: int
+    worst_index: tuple[int, ...] | None
+    worst_values: tuple[int, int] | None
+    problem: str | None      # "exponent", "shape", "dtype" or None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and self.mismatches == 0
+
+
+@dataclass
+class Divergence:
+    stat: LayerStat
+    agreed_before: int       # layers compared (and within tolerance) before this one
+    compared: int            # layers present in both sources
+
+
+def _tolerance(tol) -> dict:
+    out = dict(DEFAULT_TOLERANCE)
+    if tol:
+        out.update({k: v for k, v in dict(tol).items() if k in DEFAULT_TOLERANCE})
+    return out
+
+
+def graph_order(model) -> list[tuple[str, object]]:
+    """[(value name, producing node or None)] inputs first, then node outputs in the file's (topological) order."""
+    order = [(vi.name, None) for vi in model.inputs]
+    for node in model.nodes:
+        order += [(out, node) for out in node.outputs]
+    return order
+
+
+def compare_tensor(position, value, node, a, b, tol) -> LayerStat:
+    tol = _tolerance(tol)
+    da = np.asarray(a.data).astype(np.int64)
+    db = np.asarray(b.data).astype(np.int64)
+    dtype = str(b.dtype)
+    allowed = tol["int16_lsb"] if dtype == "int16" else tol["int8_lsb"]
+    problem = None
+    if str(a.dtype) != str(b.dtype):
+        problem = "dtype"
+    if da.size != db.size:
+        return LayerStat(position, value, getattr(node, "name", None), getattr(node, "op_type", None), dtype,
+                         tuple(db.shape), int(a.exponent), int(b.exponent), -1, db.size, db.size, allowed,
+                         None, None, "shape")
+    da = da.reshape(db.shape)
+    ea, eb = int(a.exponent), int(b.exponent)
+    if ea != eb:
+        if tol["same_exponent"]:
+            problem = problem or "exponent"
+        # compare on b's grid so the statistics stay meaningful
+        da = np.floor(da * 2.0 ** (ea - eb) + 0.5).astype(np.int64)
+    diff = np.abs(da - db)
+    worst = int(diff.max()) if diff.size else 0
+    idx = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape)) if diff.size else None
+    return LayerStat(
+        position=position, value=value, node=getattr(node, "name", None), op_type=getattr(node, "op_type", None),
+        dtype=dtype, shape=tuple(db.shape), exponent_a=ea, exponent_b=eb, max_lsb=worst,
+        mismatches=int((diff > allowed).sum()), size=int(diff.size), allowed_lsb=allowed, worst_index=idx,
+        worst_values=(int(da[idx]), int(db[idx])) if idx is not None else None, problem=problem,
+    )
+
+
+def layer_stats(model, tensors_a: dict, tensors_b: dict, tolerance=None) -> list[LayerStat]:
+    """Statistics for every value both sources hold, in graph order."""
+    stats = []
+    for pos, (name, node) in enumerate(graph_order(model)):
+        if name in tensors_a and name in tensors_b:
+            stats.append(compare_tensor(pos, name, node, tensors_a[name], tensors_b[name], tolerance))
+    return stats
+
+
+def first_divergence(model, tensors_a: dict, tensors_b: dict, tolerance=None) -> Divergence | None:
+    """The first value in graph order whose tensors differ beyond `tolerance` (the contract's tolerance dict:
+    int8_lsb, int16_lsb, same_exponent), or None when every common value agrees."""
+    stats = layer_stats(model, tensors_a, tensors_b, tolerance)
+    for i, s in enumerate(stats):
+        if not s.ok:
+            return Divergence(s, i, len(stats))
+    if not stats:
+        raise UserError("the two sources share no tensor named after this model's values: nothing to compare")
+    return None
+
+
+def _describe(s: LayerStat) -> str:
+    where = f"{s.op_type} {s.node}" if s.node else "graph input"
+    head = f"{where} -> {s.value}  {s.dtype} {list(s.shape)}"
+    if s.problem == "shape":
+        return f"{head}: sizes differ"
+    exp = f"exp {s.exponent_a}" if s.exponent_a == s.exponent_b else f"exp {s.exponent_a} vs {s.exponent_b}"
+    worst = ""
+    if s.worst_index is not None and s.max_lsb > 0:
+        worst = f", worst at {list(s.worst_index)}: {s.worst_values[0]} vs {s.worst_values[1]}"
+    return (f"{head}  {exp}: max |diff| {s.max_lsb} LSB (allowed {s.allowed_lsb}), "
+            f"{s.mismatches}/{s.size} beyond{worst}")
+
+
+def format_report(model, tensors_a: dict, tensors_b: dict, tolerance=None, label_a: str = "A",
+                  label_b: str = "B", context: int = 2) -> str:
+    """A readable report: the first diverging layer with its statistics, the layers around it, a summary."""
+    stats = layer_stats(model, tensors_a, tensors_b, tolerance)
+    if not stats:
+        raise UserError("the two sources share no tensor named after this model's values: nothing to compare")
+    bad = [i for i, s in enumerate(stats) if not s.ok]
+    lines = [f"compared {len(stats)} tensors in graph order: {label_a} vs {label_b}"]
+    missing_a = [n for n, _ in graph_order(model) if n not in tensors_a]
+    missing_b = [n for n, _ in graph_order(model) if n not in tensors_b]
+    if missing_a or missing_b:
+        lines.append(f"(not in {label_a}: {len(missing_a)}, not in {label_b}: {len(missing_b)} values; skipped)")
+    if not bad:
+        lines.append("no divergence: every common tensor is within tolerance")
+        return "\n".join(lines)
+    i = bad[0]
+    s = stats[i]
+    reason = {"exponent": "exponents differ", "dtype": "dtypes differ", "shape": "shapes differ"}.get(
+        s.problem, "values beyond tolerance")
+    lines.append(f"FIRST DIVERGENCE at #{s.position} ({reason}): {s.op_type or 'input'} {s.node or s.value}")
+    lines.append(f"  output {s.value}")
+    lines.append(f"  {i} earlier tensors agree; {len(bad)} of {len(stats)} tensors diverge in total")
+    lines.append("layers around it:")
+    for j in range(max(0, i - context), min(len(stats), i + context + 1)):
+        mark = ">>" if j == i else ("!!" if j in bad else "  ")
+        lines.append(f"{mark} #{stats[j].position:3d} {_describe(stats[j])}")
+    last = stats[-1]
+    lines.append(f"final: {_describe(last)}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def _source(spec: str, model, vector: int, vectors):
+    from quant.interpreter import Interpreter, QTensor
+
+    if spec in ("interpreter", "interpreter-exact"):
+        interp = Interpreter(model, exact_average=spec.endswith("exact"))
+        if vector < 0:
+            t = model.test_inputs.get(model.inputs[0].name)
+            if t is None:
+                raise UserError("the model has no embedded test input; pass --vector N")
+            x = QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
+        else:
+            if vector >= len(vectors):
+                raise UserError(f"--vector {vector}: there are {len(vectors)} fixed vectors")
+            x = vectors[vector][None]
+        return interp.run_full(x).tensors
+    from pathlib import Path
+
+    from quant import protocol
+
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"source {spec!r} is neither 'interpreter', 'interpreter-exact' nor a transcript file")
+    session = protocol.Session()
+    session.feed(path.read_bytes())
+    run = session.finish()
+    vec = max(vector, 0)
+    if vec not in run.tensors or not run.tensors[vec]:
+        raise UserError(f"{path} holds no TENSOR lines for vector {vec}: capture a `run dump` transcript")
+    return run.tensors[vec]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("model", metavar="FILE.espdl", help="the model both runs executed")
+    parser.add_argument("a", help="first source: interpreter | interpreter-exact | transcript file")
+    parser.add_argument("b", help="second source (same choices)")
+    parser.add_argument("--vector", type=int, default=-1,
+                        help="fixed vector index (models/test_vectors.bin); default: the embedded test input "
+                             "for interpreter sources, vector 0 for transcripts")
+    parser.add_argument("--tolerance", default=None,
+                        help="a variant's .json (its 'tolerance'); default int8 0 LSB, int16 1 LSB, same exponent")
+    parser.add_argument("--key", help="AES-128 key of an encrypted model")
+
+
+def run(args) -> int:
+    import json
+
+    from quant.espdl import load
+
+    model = load(args.model, key=args.key)
+    tol = None
+    if args.tolerance:
+        try:
+            tol = json.loads(open(args.tolerance).read())["tolerance"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"--tolerance {args.tolerance}: not a variant .json with a 'tolerance' ({exc})") from None
+    vectors = []
+    if args.vector >= 0 and "interpreter" in (args.a.split("-")[0], args.b.split("-")[0]):
+        from quant.vectors import load_vectors
+
+        vectors = load_vectors()[0]
+    a = _source(args.a, model, args.vector, vectors)
+    b = _source(args.b, model, args.vector, vectors)
+    print(format_report(model, a, b, tol, label_a=args.a, label_b=args.b))
+    return 0 if first_divergence(model, a, b, tol) is None else 1
