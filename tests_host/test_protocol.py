@@ -187,6 +187,15 @@ def test_cpp_and_python_constants_agree():
     assert const("kMaxLineBytes") == p.MAX_LINE_BYTES
 
 
+def test_docs_protocol_md_defines_exactly_the_tags_and_fields_the_parser_knows():
+    doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    table = {}
+    for tag, fields in re.findall(r"^\| `([A-Z]+)` \| ([^|]*)\|", doc, re.M):
+        fields = re.sub(r"\([^)]*\)", "", fields)  # "(`pass`/`fail`)" lists values, not fields
+        table[tag] = set(re.findall(r"`([a-z0-9_]+)(?:=[^`]*)?`", fields))
+    assert table == {tag: set(fields) for tag, fields in p.SCHEMA.items()}
+
+
 # --- one line --------------------------------------------------------------------------------
 
 READY = p.format_line("READY", {"cmd": "run"})
