@@ -322,3 +322,16 @@ def test_idf_build_apps_finds_one_app_per_variant():
     assert result.returncode == 0, result.stderr
     found = sorted(re.findall(r"build in firmware/(build_esp32s3_\w+)", result.stdout))
     assert found == sorted(firmware.build_dir(v).name for v in paths.VARIANTS)
+
+
+def test_sdkconfig_defaults_only_set_options_esp_idf_declares():
+    """ESP-IDF ignores an unknown CONFIG_ in sdkconfig.defaults with a warning: a typo would go unnoticed."""
+    if not (IDF_TREE / "Kconfig").is_file():
+        pytest.skip(f"sdkconfig option check {TREES_HOWTO}")
+    declared = set(_kconfig_options())
+    for kconfig in [IDF_TREE / "Kconfig", *(IDF_TREE / "components").rglob("Kconfig*")]:
+        if kconfig.is_file():
+            declared |= set(re.findall(r"^\s*(?:menuconfig|config|choice)\s+(\w+)", kconfig.read_text(errors="replace"), re.M))
+    for path in [*FW.glob("sdkconfig.defaults*"), *FW.glob("sdkconfig.ci.*")]:
+        unknown = [k for k in _sdkconfig(path) if k.removeprefix("CONFIG_") not in declared]
+        assert not unknown, f"{path.name} sets options ESP-IDF {IDF_TREE.name} does not declare: {unknown}"
