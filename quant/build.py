@@ -167,23 +167,30 @@ class Data:
     classes: tuple
 
 
-def load_data(args, n_outputs: int) -> Data:
+def check_data(args, n_outputs: int):
+    """Validate the data folder (or the synthetic set) against the model -> (user images or None, classes)."""
     from quant import data
 
     if args.data is None:
-        n = args.calib or 256
-        if n < 1:
-            raise UserError(f"--calib {n} is too small; use at least 1 calibration image")
-        cx, _ = data.calibration(n)
-        hx, hy = data.heldout()
-        classes = tuple(data.CLASSES)
+        user, classes = None, tuple(data.CLASSES)
     else:
-        x, y, classes = data.load_image_folder(args.data)
-        calib_n = args.calib or min(256, max(1, len(x) // 2))
-        cx, hx, hy = data.split(x, y, calib_n)
+        user = data.load_image_folder(args.data)
+        classes = user[2]
     if n_outputs and n_outputs != len(classes):
         raise UserError(f"the model has {n_outputs} outputs but the data has {len(classes)} classes "
                         f"({', '.join(classes)}); pass --data with one sub-folder per model class")
+    return user, classes
+
+
+def load_data(args, user, classes) -> Data:
+    from quant import data
+
+    if user is None:
+        cx, _ = data.calibration(args.calib or 256)
+        hx, hy = data.heldout()
+    else:
+        x, y, _ = user
+        cx, hx, hy = data.split(x, y, args.calib or min(256, max(1, len(x) // 2)))
     return Data(cx, hx, hy, classes)
 
 
@@ -335,10 +342,7 @@ def run(args) -> int:
     out = check_out(args.out)
     if args.calib is not None and args.calib < 1:
         raise UserError(f"--calib {args.calib} is too small; use at least 1 calibration image")
-    if args.data is not None:
-        from quant import data as _data
-
-        _data.load_image_folder(args.data)  # validates the folder before anything is written
+    user, classes = check_data(args, n_outputs)  # before anything is written
     vectors_x, vectors_meta = load_vectors(args.vectors)
     vectors_sha = _sha_file(Path(args.vectors) / paths.VECTORS_BIN.name)
 
@@ -358,7 +362,7 @@ def run(args) -> int:
         from quant.quantize import Inputs, Session, progress
 
         progress(f"loading data and the float model ({Path(args.onnx).name})")
-        data = load_data(args, n_outputs)
+        data = load_data(args, user, classes)
         inputs = Inputs(Path(args.onnx), data.calib_x, data.heldout_x, data.heldout_y, data.classes, vectors_x,
                         vectors_meta, input_name, output_names)
         with tempfile.TemporaryDirectory(prefix="quant-build-") as work:
