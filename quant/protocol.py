@@ -379,6 +379,7 @@ class Reset:
     where: str  # "during vector 3", "before the model was loaded", ...
     vec: int | None  # the vector being processed, if any
     evidence: str  # the first marker line, or the second BOOT line
+    marker: str | None = None  # the marker found in `evidence`; None: only a second BOOT
     rebooted: bool = False
 
 
@@ -454,7 +455,7 @@ class BoardRun:
                        f"first line {f.line_no}: {_clip(f.text)}; flash a test app built from this "
                        f"repository (or update quant/protocol.py)")
         for r in self.resets:
-            if r.evidence.lstrip().startswith(MAGIC):
+            if r.marker is None:
                 out.append(f"board rebooted {r.where}: a second BOOT at line {r.line_no}")
             else:
                 then = ", then rebooted" if r.rebooted else ""
@@ -500,7 +501,8 @@ class BoardRun:
 
 
 def _clip(text: str, limit: int = 120) -> str:
-    text = text.strip()
+    """A line for a one-line message: stripped, control characters escaped, clipped."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text.strip())
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -635,7 +637,7 @@ class Session:
         if run.boot is None or self._open_reset is not None:
             return  # the ROM banner before BOOT is normal; later markers belong to the same event
         where, vec = self._where()
-        self._open_reset = Reset(self.line_no, where, vec, raw)
+        self._open_reset = Reset(self.line_no, where, vec, raw, marker)
         run.resets.append(self._open_reset)
 
     def _boot(self, rec: Record) -> None:

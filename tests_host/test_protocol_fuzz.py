@@ -126,7 +126,7 @@ def test_feeding_a_session_anything_never_raises(chunks):
         session.feed(chunk)
     run = session.finish()
     problems = run.problems()
-    assert all(isinstance(x, str) and "\n" not in x for x in problems)
+    assert all(isinstance(x, str) and x.isprintable() for x in problems)  # one line, XML-safe
     if run.complete and not problems:  # only a genuine transcript is trusted
         assert run.boot is not None and run.end["lines"] == run.lines_received
 
