@@ -1,0 +1,57 @@
+"""`make bench`: how long `quant build` takes and how much memory it needs (a measurement, not a test).
+
+Builds all three variants from the committed float model into a temporary --out, then rebuilds with
+nothing changed, and prints wall time per variant, the total, the no-op rebuild and the peak RSS
+(resource.getrusage of the child processes) against the targets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = {"total_s": 60.0, "noop_s": 3.0, "peak_rss_mb": 2048.0}
+
+
+def quant_build(out: str) -> tuple[float, str]:
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "quant", "build", "--out", out], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"quant build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return wall, proc.stdout
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-build-") as out:
+        total, log = quant_build(out)
+        per_variant = {m[1]: float(m[2]) for m in re.finditer(r"^(\w+): done in ([\d.]+) s", log, re.M)}
+        noop, log2 = quant_build(out)
+        if log2.count("up to date") != 3:
+            sys.exit(f"the second build was not a no-op:\n{log2}")
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    rows = [(f"build {v}", f"{s:.1f} s", "") for v, s in per_variant.items()]
+    rows += [
+        ("build all three (wall, incl. start-up and data)", f"{total:.1f} s", f"<= {TARGETS['total_s']:g} s"),
+        ("no-op rebuild (wall)", f"{noop:.2f} s", f"<= {TARGETS['noop_s']:g} s"),
+        ("peak RSS of a build", f"{peak_mb:.0f} MB", f"<= {TARGETS['peak_rss_mb']:g} MB"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print(f"{'step':<{w}}  {'measured':>10}  target")
+    for name, value, target in rows:
+        print(f"{name:<{w}}  {value:>10}  {target}")
+    print(f"cpus: {os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""`quant build` is deterministic, incremental and atomic.
+
+One real (small) build of the cheapest variant on a tiny user data folder is shared by the tests.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from quant import build as qbuild
+from quant import data, paths
+from quant.errors import UserError
+from quant.variants import get
+
+STEM = "gesture_model_int8"
+SUFFIXES = (".espdl", ".info", ".json", ".reference.json", ".graph.txt")
+needs_float_model = pytest.mark.skipif(not paths.FLOAT_ONNX.is_file() or not paths.VECTORS_BIN.is_file(),
+                                       reason="models/gesture_float.onnx and models/test_vectors.bin not built yet")
+
+
+def quant_build(*args, env_extra=None):
+    env = dict(os.environ, PYTHONHASHSEED="0", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "quant", "build", *args], cwd=paths.REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """3 synthetic images per class, as PNG files in class folders."""
+    root = tmp_path_factory.mktemp("data")
+    x, y = data.synthetic(3 * len(data.CLASSES), seed=11)
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = root / data.CLASSES[label]
+        d.mkdir(exist_ok=True)
+        cv2.imwrite(str(d / f"{i:03d}.png"), np.round(img[0] * 255).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_build(tmp_path_factory, images):
+    out = tmp_path_factory.mktemp("out1")
+    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "12", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc
+
+
+@needs_float_model
+def test_a_build_writes_all_five_files_and_prints_the_table(first_build):
+    out, proc = first_build
+    assert sorted(p.name for p in (out / STEM).iterdir()) == sorted(STEM + s for s in SUFFIXES)
+    assert "calibration" in proc.stdout and "int8" in proc.stdout.splitlines()[-3]
+    assert not list(out.glob(".*")), "staging left behind"
+
+
+@needs_float_model
+def test_two_builds_are_byte_identical(first_build, images, tmp_path):
+    out1, _ = first_build
+    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "12", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(tmp_path / STEM) == snapshot(out1 / STEM)
+
+
+@needs_float_model
+def test_a_rebuild_with_nothing_changed_does_not_quantize(first_build, images):
+    out, _ = first_build
+    before = snapshot(out / STEM)
+    code = ("import sys; from quant.cli import main; rc = main(sys.argv[1:]); "
+            "print('imported:', sorted(m for m in ('esp_ppq', 'torch') if m in sys.modules)); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "build", "--variant", "int8", "--data", str(images), "--calib",
+                           "12", "--out", str(out)], cwd=paths.REPO, env=dict(os.environ, PYTHONHASHSEED="0"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "int8: up to date" in proc.stdout and "imported: []" in proc.stdout
+    assert snapshot(out / STEM) == before
+
+
+@needs_float_model
+def test_a_changed_input_is_rebuilt(first_build, images, tmp_path):
+    import shutil
+
+    shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
+    key = qbuild.build_key(_args(images, tmp_path, calib=12), get("int8"))
+    assert qbuild.up_to_date(tmp_path / STEM, STEM, key)
+    assert not qbuild.up_to_date(tmp_path / STEM, STEM, qbuild.build_key(_args(images, tmp_path, calib=13),
+                                                                           get("int8")))
+    (tmp_path / STEM / f"{STEM}.espdl").write_bytes(b"EDL2 damaged")
+    assert not qbuild.up_to_date(tmp_path / STEM, STEM, key)
+
+
+def _args(images, out, calib):
+    return argparse.Namespace(variant=["int8"], onnx=paths.FLOAT_ONNX, data=images, calib=calib, out=out,
+                              vectors=paths.MODELS)
+
+
+@needs_float_model
+@pytest.mark.parametrize("failure", ["interrupt", "gate"])
+def test_a_failed_build_leaves_the_last_good_folder(first_build, images, tmp_path, monkeypatch, failure):
+    import shutil
+
+    from quant import quantize
+
+    shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
+    before = snapshot(tmp_path / STEM)
+
+    monkeypatch.setattr(quantize.Session, "__init__", lambda self, inputs, workdir: setattr(self, "inputs", inputs))
+    monkeypatch.setattr(quantize.Session, "run", lambda self, spec: argparse.Namespace(spec=spec, sensitivity=None))
+
+    def write_variant(session, result, folder, stem, **kw):
+        (folder / f"{stem}.espdl").write_bytes(b"half-written")
+        if failure == "interrupt":
+            raise KeyboardInterrupt
+        return {"top1_drop_points": 5.0, "float_top1": 0.99, "top1": 0.94,
+                "worst_layers": [{"op": "/stem/Conv", "noise_signal": 0.5}]}
+
+    monkeypatch.setattr(qbuild, "write_variant", write_variant)
+    args = _args(images, tmp_path, calib=13)  # a different input: the folder is stale
+    expected = KeyboardInterrupt if failure == "interrupt" else UserError
+    with pytest.raises(expected) as exc:
+        qbuild.run(args)
+    if failure == "gate":
+        assert "variant int8: top-1 drop 5.00 points exceeds its floor of 1.0" in str(exc.value)
+        assert "/stem/Conv" in str(exc.value)
+    assert snapshot(tmp_path / STEM) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [STEM]
+
+
+def test_an_interrupted_swap_is_recovered(tmp_path):
+    target = tmp_path / STEM
+    target.mkdir()
+    (target / "a").write_text("old")
+    staging = tmp_path / f".{STEM}.staging-1"
+    staging.mkdir()
+    (staging / "a").write_text("new")
+    os.replace(target, tmp_path / f".{STEM}.old-1")  # the first rename of replace_dir, then a crash
+    qbuild.recover(tmp_path, "int8")
+    assert (target / "a").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [STEM]
+    staging.mkdir()
+    (staging / "a").write_text("new")
+    qbuild.replace_dir(staging, target)
+    assert (target / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [STEM]
