@@ -1,0 +1,92 @@
+"""The committed variant folders are consistent with each other, with the inputs and with their gates."""
+
+import hashlib
+import json
+import tomllib
+
+import pytest
+
+from quant import paths, reference, variants
+
+BUDGETS = {"latency_us", "internal_ram_bytes", "psram_bytes", "flash_bytes"}
+pytestmark = pytest.mark.skipif(not all(paths.variant_file(v, ".json").is_file() for v in paths.VARIANTS),
+                                reason="variant folders not built yet (quant build)")
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load(v):
+    with open(paths.variant_file(v, ".info"), "rb") as fh:
+        info = tomllib.load(fh)
+    return info, json.loads(paths.variant_file(v, ".json").read_text()), \
+        json.loads(paths.variant_file(v, ".reference.json").read_text())
+
+
+@pytest.mark.parametrize("v", paths.VARIANTS)
+def test_hashes_in_json_match_the_files_and_the_inputs(v):
+    _, meta, ref = load(v)
+    h = meta["hashes"]
+    assert h["espdl"] == sha(paths.variant_file(v, ".espdl")) == ref["espdl_sha256"]
+    assert h["info"] == sha(paths.variant_file(v, ".info"))
+    assert h["reference"] == sha(paths.variant_file(v, ".reference.json"))
+    assert h["graph_txt"] == sha(paths.variant_file(v, ".graph.txt"))
+    assert h["onnx"] == sha(paths.FLOAT_ONNX)
+    assert h["vectors"] == sha(paths.VECTORS_BIN) == ref["vectors_sha256"]
+    assert h["spec"] == variants.VARIANTS[v].digest() and meta["spec"] == variants.VARIANTS[v].to_dict()
+
+
+@pytest.mark.parametrize("v", paths.VARIANTS)
+def test_reference_vector_0_is_what_the_espdl_embeds(v):
+    _, meta, ref = load(v)
+    vectors = json.loads(paths.VECTORS_META.read_text())["vectors"]
+    assert [o["name"] for o in ref["outputs"]] == [x["name"] for x in vectors]
+    reference.check_embedded(paths.variant_file(v, ".espdl"), ref["outputs"])
+    out = meta["outputs"][0]
+    for entry in ref["outputs"]:
+        t = entry["tensors"][out["name"]]
+        assert (t["exponent"], t["dtype"], t["shape"]) == (out["exponent"], out["dtype"], out["shape"])
+        assert entry["top1"] == max(range(len(t["data"])), key=t["data"].__getitem__)
+
+
+@pytest.mark.parametrize("v", paths.VARIANTS)
+def test_info_parses_and_every_budget_is_stated(v):
+    info, meta, _ = load(v)
+    assert set(info["budgets"]) == BUDGETS
+    for b in info["budgets"].values():
+        assert b["provenance"] in ("estimated", "measured") and b["method"]
+        assert b["value"] >= b["basis"] > 0
+    assert info["budgets"]["flash_bytes"]["basis"] == info["model"]["espdl_bytes"] == \
+        paths.variant_file(v, ".espdl").stat().st_size
+    assert len(info["quality"]["worst_layers"]) == 5
+    assert meta["platform"]["weights"] == "per-tensor power-of-two" and meta["platform"]["rounding"] == "half-up"
+
+
+@pytest.mark.parametrize("v", paths.VARIANTS)
+def test_quality_gate_holds(v):
+    info, meta, _ = load(v)
+    q = info["quality"]
+    assert q["heldout_images"] >= 1000
+    assert q["top1_drop_points"] <= variants.VARIANTS[v].floor_drop_points == q["floor_drop_points"]
+    assert meta["calibration"]["chosen"] == min(meta["calibration"]["candidates"], key=lambda c: c["noise_signal"])["algorithm"]
+
+
+def test_mixed_beats_int8_with_its_top_group_in_16_bit():
+    _, int8, _ = load("int8")
+    info, mixed, _ = load("mixed")
+    s = mixed["sensitivity"]
+    assert s["ranking"][0]["group"] == s["steps"][0]["group"]
+    assert set(s["ranking"][0]["ops"]) <= set(mixed["int16_layers"])
+    assert s["noise_signal_after"] < s["noise_signal_before"]
+    assert s["noise_signal_before"] == pytest.approx(min(c["noise_signal"] for c in int8["calibration"]["candidates"]))
+    assert info["model"]["int16_ops"] == len(mixed["int16_layers"]) <= variants.VARIANTS["mixed"].sensitivity.max_int16_ops \
+        or len(s["steps"]) == 1
+    assert int8["int16_layers"] == [] and int8["sensitivity"] is None
+
+
+def test_balanced_swapped_relu6_and_equalized_pairs():
+    _, meta, _ = load("balanced")
+    e = meta["equalization"]
+    assert e["relu6_replaced_by_relu"] > 0 and e["pairs"] == len(e["pair_list"]) > 0
+    assert e["settings"] == {"iterations": 4, "value_threshold": 0.4, "opt_level": 2}
