@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -335,3 +336,115 @@ def test_sdkconfig_defaults_only_set_options_esp_idf_declares():
     for path in [*FW.glob("sdkconfig.defaults*"), *FW.glob("sdkconfig.ci.*")]:
         unknown = [k for k in _sdkconfig(path) if k.removeprefix("CONFIG_") not in declared]
         assert not unknown, f"{path.name} sets options ESP-IDF {IDF_TREE.name} does not declare: {unknown}"
+
+
+# ------------------------------------------------------------------ main/CMakeLists.txt, run by the host's CMake
+
+CMAKE_HARNESS = r"""
+cmake_minimum_required(VERSION 3.19)
+# stand-ins for the ESP-IDF build system functions main/CMakeLists.txt calls
+set(CONFIG_GM_VARIANT "{variant}")
+set(COMPONENT_LIB __idf_main)
+function(idf_component_register)
+endfunction()
+function(idf_build_get_property var property)
+    set(${{var}} "___idf_espressif__esp-dl" PARENT_SCOPE)
+endfunction()
+function(idf_component_get_property var component property)
+    set(${{var}} "{espdl}" PARENT_SCOPE)
+endfunction()
+function(set_property)
+endfunction()
+function(target_include_directories)
+endfunction()
+function(target_compile_definitions target scope definition)
+    file(APPEND "{calls}" "define ${{definition}}\n")
+endfunction()
+include("{main}/CMakeLists.txt")
+"""
+
+# ESP-DL's helper, recorded instead of generating assembly
+FAKE_UTILITIES = r"""
+function(target_add_aligned_binary_data target embed_file embed_type)
+    cmake_parse_arguments(_ "" "RENAME_TO" "DEPENDS" ${ARGN})
+    file(APPEND "CALLS" "embed ${embed_file} ${embed_type} ${__RENAME_TO}\n")
+endfunction()
+"""
+
+
+def _cmake_or_skip() -> str:
+    cmake = shutil.which("cmake")
+    if not cmake:
+        pytest.skip("main/CMakeLists.txt check needs cmake >= 3.19 on PATH (apt-get install cmake)")
+    version = re.search(r"(\d+)\.(\d+)", subprocess.run([cmake, "--version"], capture_output=True, text=True).stdout)
+    if (int(version.group(1)), int(version.group(2))) < (3, 19):
+        pytest.skip("main/CMakeLists.txt check needs cmake >= 3.19 (string(JSON))")
+    return cmake
+
+
+@pytest.fixture
+def cmake_project(tmp_path):
+    """firmware/main copied next to stand-in models and an esp-dl component folder; run(variant) configures it."""
+    import hashlib
+
+    cmake = _cmake_or_skip()
+    repo = tmp_path / "repo"
+    shutil.copytree(MAIN, repo / "firmware" / "main")
+    models = repo / "models"
+    paths.variant_file("int8", ".espdl", models).parent.mkdir(parents=True)
+    paths.variant_file("int8", ".espdl", models).write_bytes(b"EDL2" + bytes(12))
+    vectors = bytes(range(2 * 4 * 3 * 4))  # 2 vectors of [1,1,4,3] float32
+    (models / "test_vectors.bin").write_bytes(vectors)
+    doc = {"format": 1, "shape": [1, 1, 4, 3], "dtype": "float32", "sha256": hashlib.sha256(vectors).hexdigest(),
+           "vectors": [{"name": "heldout_5_ok", "kind": "gesture", "label": 7},
+                       {"name": "zeros", "kind": "pattern", "label": None}]}
+    (models / "test_vectors.json").write_text(json.dumps(doc))
+    espdl = tmp_path / "espressif__esp-dl"
+    (espdl / "fbs_loader" / "cmake").mkdir(parents=True)
+    (espdl / "idf_component.yml").write_text('version: "3.3.9"\nlicense: "MIT"\n')
+    calls = tmp_path / "calls.txt"
+    (espdl / "fbs_loader" / "cmake" / "utilities.cmake").write_text(FAKE_UTILITIES.replace("CALLS", str(calls)))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def run(variant="int8"):
+        calls.unlink(missing_ok=True)
+        harness = tmp_path / "harness.cmake"
+        harness.write_text(CMAKE_HARNESS.format(variant=variant, espdl=espdl, calls=calls, main=repo / "firmware" / "main"))
+        result = subprocess.run([cmake, "-P", str(harness)], capture_output=True, text=True, cwd=out, timeout=60)
+        result.stderr = " ".join(result.stderr.split())  # CMake wraps long messages
+        return result, (calls.read_text() if calls.exists() else ""), out / "gm_vectors.h"
+
+    run.repo, run.models = repo, models
+    return run
+
+
+def test_cmake_generates_the_vector_header_and_embeds_model_and_vectors(cmake_project):
+    result, calls, header = cmake_project()
+    assert result.returncode == 0, result.stderr
+    text = header.read_text()
+    assert "#define GM_VECTOR_COUNT 2\n" in text and "#define GM_VECTOR_ELEMENTS 12\n" in text
+    assert '"heldout_5_ok",\n    "zeros",\n}' in text
+    if shutil.which("g++"):
+        check = subprocess.run(["g++", "-std=gnu++2b", "-fsyntax-only", "-Werror", "-x", "c++", "-"], input=(
+            f'#include "{header}"\nstatic_assert(GM_VECTOR_COUNT * GM_VECTOR_ELEMENTS == 24);\n'
+            "const char *first() { return kGmVectorNames[0]; }\n"), capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+    models = cmake_project.models
+    assert calls.splitlines() == [
+        'define GM_ESPDL_VERSION="3.3.9"',
+        f"embed {paths.variant_file('int8', '.espdl', models)} BINARY gm_model",
+        f"embed {models / 'test_vectors.bin'} BINARY gm_vectors",
+    ]
+
+
+def test_cmake_refuses_vectors_that_do_not_match_their_json(cmake_project):
+    (cmake_project.models / "test_vectors.bin").write_bytes(bytes(96))  # right size, wrong bytes
+    result, _, _ = cmake_project()
+    assert result.returncode != 0 and "does not match the sha256 in test_vectors.json" in result.stderr
+
+
+def test_cmake_names_the_missing_model_and_the_command_that_makes_it(cmake_project):
+    result, _, _ = cmake_project("mixed")
+    assert result.returncode != 0
+    assert "gesture_model_mixed.espdl is missing" in result.stderr and "make models" in result.stderr
