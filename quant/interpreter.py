@@ -122,8 +122,10 @@ def unpack_filter(t: Tensor, group: int | None, dtype: str) -> np.ndarray:
     else:
         kh, kw, c, n = t.dims
     data = t.data.astype(np.int64)
-    if "(N/" not in layout:  # plain NHWC ("C" targets); not produced for esp32s3 but cheap to accept
+    if layout == "NHWC":  # the "C" targets' plain layout; not produced for esp32s3 but cheap to accept
         return data.reshape(n, kh, kw, c)
+    if not layout.startswith("(N/") or "HWC" not in layout:
+        raise UserError(f"filter {t.name!r} has layout {layout!r}; expected ESP32-S3's (N/16)HWC16 or (N/8)HWC8")
     align = int(layout.split("HWC")[1].split("_")[0])
     aligned = n // align * align
     head = data[: aligned * kh * kw * c].reshape(n // align, kh, kw, c, align)
@@ -197,7 +199,7 @@ class Interpreter:
         if wt is None:
             raise UserError(f"{node.op_type} {node.name!r}: weight {node.inputs[1]!r} is not an initializer")
         group = int(node.attributes.get("group", 1)) if node.op_type == "Conv" else 1
-        qdtype = "int16" if node.attributes.get("quant_type") == "S16" else "int8"
+        qdtype = "int16" if node.attributes.get("quant_type") in ("S16", "W8A16") else "int8"
         w = unpack_filter(wt, group, qdtype)
         n = w.shape[0]
         # S3 int8: the first floor(N/16)*16 channels (all of a depthwise conv) accumulate in 20-bit QACC lanes,

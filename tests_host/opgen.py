@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -83,6 +84,7 @@ class Case:
     int16_ops: tuple[str, ...] = ()      # ONNX node names dispatched to ESPDL_S3_INT16 in an int8 model
     calib: str = "minmax"
     scale: float = 1.0                   # input amplitude (randn * scale)
+    uniform: bool = False                # inputs uniform in [0, 1] (images) instead of randn
     marks: tuple[str, ...] = field(default=())
 
 
@@ -110,7 +112,20 @@ def _cases() -> list[Case]:
     c.append(Case("concat_transpose_s8",
                   lambda: _Lambda(lambda x: torch.cat([x, x * 0.5], 1).permute(0, 2, 3, 1).reshape(1, -1)),
                   (1, 8, 3, 3)))
+    # the project's gesture network (random weights): every operator the three variants use
+    c.append(Case("gesture_s8", lambda: _gesture(relu=False), (1, 1, 96, 96), uniform=True, marks=("model",)))
+    c.append(Case("gesture_relu_s8", lambda: _gesture(relu=True), (1, 1, 96, 96), uniform=True, marks=("model",)))
+    c.append(Case("gesture_mixed", lambda: _gesture(relu=False), (1, 1, 96, 96), uniform=True, marks=("model",),
+                  int16_ops=("/blocks/blocks.0/conv/conv.0/conv.0.0/Conv", "/blocks/blocks.0/conv/conv.0/conv.0.2/Clip",
+                             "/blocks/blocks.0/conv/conv.1/conv.1.0/Conv", "/blocks/blocks.1/Add")))
     return c
+
+
+def _gesture(relu: bool) -> nn.Module:
+    from quant.model import build_model, convert_relu6_to_relu
+
+    model = build_model(7)
+    return convert_relu6_to_relu(model) if relu else model
 
 
 CASES: dict[str, Case] = {case.name: case for case in _cases()}
@@ -119,6 +134,8 @@ CASES: dict[str, Case] = {case.name: case for case in _cases()}
 def _quiet():
     """esp-ppq prints a banner, tqdm bars and [INFO] lines: keep them out of test output."""
     stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
     return stack
@@ -133,8 +150,9 @@ def generate(case: Case, out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = case.make().eval()
     gen = torch.Generator().manual_seed(seed + 1)
-    calib = [torch.randn(case.shape, generator=gen) * case.scale for _ in range(8)]
-    test_input = torch.randn(case.shape, generator=gen) * case.scale
+    draw = torch.rand if case.uniform else torch.randn
+    calib = [draw(case.shape, generator=gen) * case.scale for _ in range(8)]
+    test_input = draw(case.shape, generator=gen) * case.scale
     with _quiet():
         from esp_ppq import QuantizationSettingFactory
         from esp_ppq.api import espdl_quantize_torch, get_target_platform
@@ -152,6 +170,37 @@ def generate(case: Case, out_dir: Path, seed: int = 0) -> Path:
             skip_export=False, export_config=False, export_test_values=True, verbose=0,
         )
     return target
+
+
+def cache_key() -> str:
+    """Changes when this file or the quantizer changes (so cached models are regenerated)."""
+    import hashlib
+    from importlib.metadata import version
+
+    src = Path(__file__).read_bytes() + version("esp-ppq").encode() + torch.__version__.encode()
+    return hashlib.sha256(src).hexdigest()[:16]
+
+
+def cache_root(request, tmp_path_factory) -> Path:
+    """pytest's cache folder (models survive between runs), or a temporary one with -p no:cacheprovider."""
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("espdl_opgen") if cache is not None else tmp_path_factory.mktemp("espdl_opgen")
+
+
+def cached(names, root: Path) -> dict[str, Path]:
+    """{name: .espdl path}, generating into root/<cache_key()>/ only what is not there yet."""
+    folder = Path(root) / cache_key()
+    out = {}
+    for name in names:
+        path = folder / f"{name}.espdl"
+        if not path.is_file():  # export into a scratch folder, then publish atomically
+            scratch = folder / f".tmp-{name}-{os.getpid()}"
+            os.replace(generate(CASES[name], scratch), path)
+            for leftover in scratch.iterdir():
+                leftover.unlink()
+            scratch.rmdir()
+        out[name] = path
+    return out
 
 
 if __name__ == "__main__":
