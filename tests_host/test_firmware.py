@@ -28,7 +28,10 @@ APP = MAIN / "app_main.cpp"
 KCONFIG = MAIN / "Kconfig.projbuild"
 IDF_TREE = Path(os.environ.get("FWCHECK_IDF", "/work/scratch/esp-idf"))
 ESPDL_TREE = Path(os.environ.get("FWCHECK_ESPDL", "/work/scratch/esp-dl"))
-SYNTAX_SCRIPT = Path(os.environ.get("FWCHECK_SCRIPT", "/work/shared/tools/firmware_syntax.sh"))
+SYNTAX_SCRIPT = Path(os.environ.get("FWCHECK_SCRIPT") or next(
+    (p for p in (paths.REPO.parent / "shared" / "tools" / "firmware_syntax.sh",
+                 Path("/work/shared/tools/firmware_syntax.sh")) if p.is_file()),
+    Path("firmware_syntax.sh (not found)")))
 TREES_HOWTO = (
     "needs ESP-IDF and ESP-DL source trees and firmware_syntax.sh: set FWCHECK_IDF, FWCHECK_ESPDL and "
     "FWCHECK_SCRIPT (see docs/readme/firmware.md, 'Checking the sources without a toolchain')"
