@@ -227,7 +227,7 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
 
     from quant import info, reference
     from quant.quantize import copy_outputs, progress
-    from quant.sensitivity import ANALYSIS_IMAGES, rank
+    from quant.sensitivity import ANALYSIS_IMAGES
 
     spec, attempt = result.spec, result.attempt
     graph = attempt.graph
@@ -242,7 +242,7 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
 
     progress(f"  [{spec.name}] accuracy on {len(data.heldout_y)} held-out images, worst layer groups")
     m = session.heldout_metrics(attempt)
-    worst = rank(graph, data.calib_x[:ANALYSIS_IMAGES])[:5]
+    worst = session.ranking(attempt)[:5]
     int16 = set(attempt.int16_ops)
     macs = info.op_macs(attempt.onnx)
     n_nodes = sum(1 for _ in graph.operations)

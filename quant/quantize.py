@@ -148,6 +148,7 @@ class Attempt:
     seconds: float
     equalization_pairs: list = field(default_factory=list)
     relu6_replaced: int = 0
+    ranking: list | None = None  # grouped sensitivity, filled on demand by Session.ranking
 
     @property
     def espdl(self) -> Path:
@@ -275,26 +276,29 @@ class Session:
         }
         return self.quantize(spec, best["algorithm"]), record
 
+    # -- grouped sensitivity of an attempt (memoised: int8's ranking is mixed's starting point)
+    def ranking(self, attempt: Attempt) -> list[dict]:
+        if attempt.ranking is None:
+            attempt.ranking = rank(attempt.graph, self.inputs.calib_x[:ANALYSIS_IMAGES])
+        return attempt.ranking
+
     # -- stage 3: greedy grouped 16-bit promotion
     def search_int16(self, spec: VariantSpec, base: Attempt) -> tuple[Attempt, dict]:
+        """Walk the base ranking (one group quantized at a time, so it does not depend on which other groups
+        are 16-bit): promote each group and its consumers, re-quantize, until the target or the cap."""
         s = spec.sensitivity
-        x = self.inputs.calib_x[:ANALYSIS_IMAGES]
+        ranking = self.ranking(base)
+        all_groups = groups(base.graph)
+        by_name = {g.name: g for g in all_groups}
         current, promoted, steps = base, [], []
-        initial_ranking = None
-        stop = "cap"
-        while True:
-            ranking = rank(current.graph, x)
-            if initial_ranking is None:
-                initial_ranking = ranking
-            all_groups = groups(current.graph)
-            top = next((r for r in ranking if not set(r["ops"]) <= set(promoted)), None)
-            if top is None:
-                stop = "nothing left to promote"
-                break
-            top_group = next(g for g in all_groups if g.name == top["group"])
-            new = list(top_group.ops)
+        stop = "every group promoted"
+        for top in ranking:
+            if set(top["ops"]) <= set(promoted):
+                continue
+            group = by_name[top["group"]]
+            new = list(group.ops)
             if s.promote_consumers:
-                for g in consumers(current.graph, top_group, all_groups):
+                for g in consumers(base.graph, group, all_groups):
                     new += list(g.ops)
             new = [n for n in dict.fromkeys(new) if n not in promoted]
             if promoted and len(promoted) + len(new) > s.max_int16_ops:
@@ -309,6 +313,8 @@ class Session:
             if current.noise_signal <= s.target_noise_signal:
                 stop = f"target {s.target_noise_signal:g} reached"
                 break
+        x = self.inputs.calib_x[:ANALYSIS_IMAGES]
+        initial_ranking = ranking
         record = {
             "method": s.method,
             "analysis": f"grouped (compute op + its Clip/Relu); one group quantized at a time vs the dequantized "
