@@ -107,8 +107,12 @@ def build(variant: str) -> Path:
             raise UserError(f"{_rel(src)} is missing: produce the models first ('make models' or 'quant build')")
     folder = build_dir(variant)
     folder.mkdir(parents=True, exist_ok=True)
-    # a fresh sdkconfig, so edited sdkconfig.defaults / sdkconfig.ci.* always apply (objects are kept)
-    (folder / "sdkconfig").unlink(missing_ok=True)
+    # defaults only fill options an existing sdkconfig lacks: start a fresh one when they changed
+    sdkconfig = folder / "sdkconfig"
+    defaults = [*paths.FIRMWARE.glob("sdkconfig.defaults*"), paths.FIRMWARE / f"sdkconfig.ci.{variant}",
+                paths.FIRMWARE / "main" / "Kconfig.projbuild"]
+    if sdkconfig.exists() and any(d.stat().st_mtime > sdkconfig.stat().st_mtime for d in defaults):
+        sdkconfig.unlink()
     command += [
         "-C", str(paths.FIRMWARE),
         "-B", str(folder),

@@ -269,6 +269,17 @@ def test_build_runs_idf_py_per_variant_into_the_folder_pytest_embedded_reads(fak
     assert firmware.needs_build("mixed") is None
 
 
+def test_a_changed_sdkconfig_default_starts_a_fresh_sdkconfig_and_an_unchanged_one_keeps_it(fake_repo):
+    sdkconfig = firmware.build_dir("balanced") / "sdkconfig"
+    sdkconfig.parent.mkdir(parents=True)
+    sdkconfig.write_text("CONFIG_GM_RUNS=3\n")
+    firmware.build("balanced")
+    assert sdkconfig.exists(), "an sdkconfig newer than every default must be kept (incremental build)"
+    os.utime(sdkconfig, (1, 1))  # now sdkconfig.ci.balanced & co. are newer
+    firmware.build("balanced")
+    assert not sdkconfig.exists()
+
+
 def test_a_newer_model_makes_the_build_stale(fake_repo):
     firmware.build("int8")
     model = paths.variant_file("int8", ".espdl", paths.MODELS)
