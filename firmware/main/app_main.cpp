@@ -120,10 +120,17 @@ bool wait_for_command()
             vTaskDelay(pdMS_TO_TICKS(10));
             continue;
         }
-        size_t n = strlen(line);
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ')) {
-            line[--n] = '\0';
+        // keep printable ASCII only (drops CR/LF and stray bytes such as esptool's 0xC0 frames)
+        size_t n = 0;
+        for (const char *c = line; *c != '\0'; ++c) {
+            if (*c >= 0x20 && *c <= 0x7e) {
+                line[n++] = *c;
+            }
         }
+        while (n > 0 && line[n - 1] == ' ') {
+            --n;
+        }
+        line[n] = '\0';
         const char *cmd = line;
         while (*cmd == ' ') {
             ++cmd;
