@@ -189,6 +189,8 @@ def _source(spec: str, model, vector: int, vectors):
     session = protocol.Session()
     session.feed(path.read_bytes())
     run = session.finish()
+    for problem in run.problems()[:5]:
+        print(f"note: {path.name}: {problem}")
     vec = max(vector, 0)
     if vec not in run.tensors or not run.tensors[vec]:
         raise UserError(f"{path} holds no TENSOR lines for vector {vec}: capture a `run dump` transcript")
