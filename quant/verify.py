@@ -122,6 +122,13 @@ def run(args) -> int:
         failed += not ok
         print(f"{'PASS' if ok else 'FAIL'} {path}")
         print("  " + format_checks(checks, notes).replace("\n", "\n  "))
+        pools = sorted({n.name for n in model.nodes if n.op_type in ("AveragePool", "GlobalAveragePool")})
+        if not ok and pools and not args.exact_average:
+            exact, _ = verify_model(model, exact_average=True)
+            if all(c.ok for c in exact):
+                print(f"  diagnosis: with exact average pooling (the PPQ simulator's arithmetic) every output "
+                      f"agrees: the difference is ESP32-S3's fixed-point 1/n in {', '.join(pools)} "
+                      f"(ESP-DL computes sum * floor(2^e/n) >> shift); expect the chip's model->test() to differ too")
     if len(args.files) > 1:
         print(f"{len(args.files) - failed}/{len(args.files)} models agree with their embedded test outputs")
     return 0 if failed == 0 else 1

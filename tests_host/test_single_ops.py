@@ -44,3 +44,17 @@ def test_cases_cover_int8_int16_and_the_variants_operators(models):
         bits |= {n.attributes.get("quant_type") for n in m.nodes}
     assert {"Conv", "Clip", "Add", "RequantizeLinear", "GlobalAveragePool", "Flatten", "Transpose", "Gemm"} <= ops
     assert {"S8", "S16"} <= bits
+
+
+def test_verify_command_exits_0_when_all_agree_and_1_otherwise(models, capsys):
+    from argparse import Namespace
+
+    from quant import verify
+
+    good = [str(models[n]) for n in ("conv3x3_relu_s8", "add_residual_s16")]
+    assert verify.run(Namespace(files=good, key=None, exact_average=False)) == 0
+    assert "2/2 models agree" in capsys.readouterr().out
+    assert verify.run(Namespace(files=[str(models["head_gap_gemm_s8"])], key=None, exact_average=False)) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL") and "worst |diff| 1 LSB (allowed 0)" in out and "diagnosis: with exact average" in out
+    assert verify.run(Namespace(files=[str(models["head_gap_gemm_s8"])], key=None, exact_average=True)) == 0
