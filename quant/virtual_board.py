@@ -136,17 +136,13 @@ def _budget(info: dict, key: str, path: Path) -> tuple[int, int]:
         ) from None
 
 
-def _interpreter():
-    """quant.interpreter.run_espdl when the host interpreter exists, else None."""
-    try:
-        from quant import interpreter  # noqa: PLC0415  (optional, lands with the espdl reader)
-    except ImportError:
-        return None
-    return getattr(interpreter, "run_espdl", None)
+def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", fault: str = "none") -> VariantData:
+    """Read what the board needs from models/gesture_model_<variant>/.
 
-
-def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto") -> VariantData:
-    """Read what the board needs from models/gesture_model_<variant>/ (outputs: see `source`)."""
+    `source`: "interpreter" computes the outputs from the .espdl with quant.interpreter (what a chip
+    would compute), "reference" serves the stored simulator ints, "auto" the interpreter when
+    quant/interpreter.py and models/test_vectors.bin exist. `fault` matters only for layer_fault,
+    which the interpreter injects into one layer so that everything downstream is computed from it."""
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     models_dir = Path(models_dir)
@@ -193,11 +189,12 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto") 
         tolerance=dict(config.get("tolerance") or {}),
     )
     data.embedded = _embedded_test_outputs(espdl, espdl_path)
-    run_espdl = _interpreter() if source in ("auto", "interpreter") else None
-    if source == "interpreter" and run_espdl is None:
-        raise UserError("--source interpreter needs quant/interpreter.py; use --source reference")
-    if run_espdl is not None:
-        data.interpreter = Interpreted.open(data, run_espdl, espdl_path, models_dir)
+    if source in ("auto", "interpreter"):
+        data.interpreter = Interpreted.open(data, espdl_path, models_dir, fault)
+        if data.interpreter is None and source == "interpreter":
+            raise UserError(f"--source interpreter needs quant/interpreter.py and {VECTORS_BIN.name} in "
+                            f"{models_dir}; use --source reference")
+    if data.interpreter is not None:
         data.dump_error = ""
     return data
 
@@ -214,57 +211,65 @@ def _embedded_test_outputs(espdl: bytes, path: Path) -> dict[str, Tensor]:
 
 
 class Interpreted:
-    """Outputs computed by the host .espdl interpreter, vector by vector, on demand (a run streams
-    while it computes), and kept in a cache file keyed by the bytes of the model, the vectors and the
-    interpreter, so the next board starts answering at once."""
+    """Outputs computed from the .espdl by the host interpreter (quant.interpreter, ESP32-S3 integer
+    semantics), vector by vector when the run reaches it (a few tens of ms each), as a chip computes
+    them. With layer_fault, one node's output is perturbed inside the interpreter and every later node
+    computes from it, as on a chip with one broken kernel."""
 
-    def __init__(self, run_espdl, espdl_path: Path, vectors, out_names: list[str], input_name: str, cache: Path):
-        self.run_espdl, self.espdl_path, self.vectors = run_espdl, espdl_path, vectors
-        self.out_names, self.input_name, self.cache = out_names, input_name, cache
+    def __init__(self, espdl_bytes: bytes, espdl_path: Path, vectors, out_names: list[str], input_name: str,
+                 fault: str):
+        self.espdl_bytes, self.espdl_path, self.vectors = espdl_bytes, espdl_path, vectors
+        self.out_names, self.input_name, self.fault = out_names, input_name, fault
+        self._interpreter = None
+        self.fault_node: str | None = None  # the node layer_fault breaks
+        self.fault_value: str | None = None  # its output value (the name the dump prints)
         self._outputs: dict[int, list[Tensor]] = {}
         self._intermediates: list[Tensor] | None = None
-        if cache.exists():
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                doc = json.loads(cache.read_text())
-                self._outputs = {int(k): [Tensor(**t) for t in v] for k, v in doc["outputs"].items()}
-                self._intermediates = [Tensor(**t) for t in doc["intermediates"]]
 
     @classmethod
-    def open(cls, data: VariantData, run_espdl, espdl_path: Path, models_dir: Path) -> Interpreted | None:
+    def open(cls, data: VariantData, espdl_path: Path, models_dir: Path, fault: str) -> Interpreted | None:
         import numpy as np  # noqa: PLC0415
 
+        here = Path(__file__).parent
         vectors_bin = Path(models_dir) / VECTORS_BIN.name
-        if not vectors_bin.exists():
+        if not (here / "interpreter.py").exists() or not vectors_bin.exists():
             return None
         raw = vectors_bin.read_bytes()
         if len(raw) != len(data.reference) * 96 * 96 * 4:
             return None  # the vectors do not belong to this reference: serve the reference
-        key = hashlib.sha256(data.espdl_bytes + raw)
-        for module in ("interpreter.py", "espdl.py"):
-            with contextlib.suppress(OSError):
-                key.update((Path(__file__).parent / module).read_bytes())
-        cache = Path(tempfile.gettempdir()) / "quant-virtual-board" / f"{key.hexdigest()[:32]}.json"
         vectors = np.frombuffer(raw, dtype="<f4").reshape(len(data.reference), 1, 1, 96, 96)
-        return cls(run_espdl, espdl_path, vectors, [t.name for t in data.reference[0]], data.input_name, cache)
+        outs = [t.name for t in data.reference[0]]
+        return cls(data.espdl_bytes, espdl_path, vectors, outs, data.input_name, fault)
+
+    def _load(self):
+        from quant import espdl, interpreter  # noqa: PLC0415
+
+        model = espdl.loads(self.espdl_bytes, name=str(self.espdl_path), path=self.espdl_path)
+        interp = interpreter.Interpreter(model)  # exact_average=False: the chip's arithmetic
+        if self.fault == "layer_fault":
+            graph_outputs = {o.name for o in model.outputs}
+            inner = [n for n in model.nodes if n.outputs and n.outputs[0] not in graph_outputs]
+            node = inner[len(inner) // 2]
+            self.fault_node, self.fault_value = node.name, node.outputs[0]
+            op = getattr(interp, f"_op_{node.op_type}")
+
+            def broken(n, args, notes, op=op, name=node.name):
+                outs = op(n, args, notes)
+                if n.name != name:
+                    return outs
+                return [interpreter.QTensor(_perturb_array(q.data, q.dtype), q.exponent, q.dtype) for q in outs]
+
+            setattr(interp, f"_op_{node.op_type}", broken)  # this instance only
+        return interp
 
     def _compute(self, vec: int) -> None:
-        result = self.run_espdl(self.espdl_path, self.vectors[vec], outputs="all" if vec == 0 else None)
+        if self._interpreter is None:
+            self._interpreter = self._load()
+        result = self._interpreter.run_full(self.vectors[vec]).tensors  # input first, then node order
         self._outputs[vec] = [_tensor(n, result[n]) for n in self.out_names]
         if vec == 0:
-            rest = [_tensor(n, v) for n, v in result.items() if n not in self.out_names]
-            first = [t for t in rest if t.name == self.input_name]
-            self._intermediates = first + [t for t in rest if t.name != self.input_name]
-        if len(self._outputs) == len(self.vectors):
-            self._save()
-
-    def _save(self) -> None:
-        doc = {"outputs": {str(k): [vars(t) for t in v] for k, v in sorted(self._outputs.items())},
-               "intermediates": [vars(t) for t in self._intermediates or []]}
-        with contextlib.suppress(OSError):
-            self.cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, self.cache)
+            self._intermediates = [_tensor(n, q) for n, q in result.items()
+                                   if n not in self.out_names and q.dtype in ("int8", "int16", "int32")]
 
     def outputs(self, vec: int) -> list[Tensor]:
         if vec not in self._outputs:
@@ -276,10 +281,17 @@ class Interpreted:
             self._compute(0)
         return self._intermediates or []
 
+    @property
+    def layer_fault_value(self) -> str | None:
+        if self._interpreter is None:
+            self._interpreter = self._load()
+        return self.fault_value
 
-def _tensor(name: str, value) -> Tensor:
-    ints, exponent, dtype = value
-    return Tensor(name, str(dtype), [int(d) for d in ints.shape], int(exponent), [int(v) for v in ints.reshape(-1)])
+
+def _tensor(name: str, q) -> Tensor:
+    """A quant.interpreter.QTensor as the board prints it (shape as held, NHWC)."""
+    return Tensor(name, str(q.dtype), [int(d) for d in q.data.shape], int(q.exponent),
+                  [int(v) for v in q.data.reshape(-1)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,20 +435,27 @@ class App:
             t.data[i] = t.data[i] + lsb if t.data[i] + lsb <= hi else t.data[i] - lsb
         if self.fault == "wrong_exponent" and vec == self.fault_vector:
             t.exponent += 1
-        if self.fault == "layer_fault":  # a broken kernel: every vector's outputs differ
+        if self.fault == "layer_fault" and not self._injected:  # a broken kernel: every output differs
             for tensor in tensors:
                 tensor.data = [_perturb(v, j, tensor.dtype) for j, v in enumerate(tensor.data)]
         return tensors
 
     @property
+    def _injected(self) -> bool:
+        """layer_fault is computed inside the interpreter (true propagation), not painted on."""
+        return isinstance(self.data.interpreter, Interpreted)
+
+    @property
     def fault_layer(self) -> str | None:
-        """The layer layer_fault breaks: the middle node output of vector 0's graph (not the input)."""
+        """The value layer_fault breaks (the first that diverges in a dump): the middle node output."""
+        if self._injected:
+            return self.data.interpreter.layer_fault_value
         layers = [t.name for t in self.data.intermediates() if t.name != self.data.input_name]
         return layers[len(layers) // 2] if layers else None
 
     def _intermediates(self) -> list[Tensor]:
         tensors = self.data.intermediates()
-        if self.fault != "layer_fault" or self.fault_layer is None:
+        if self.fault != "layer_fault" or self._injected or self.fault_layer is None:
             return tensors
         first = [t.name for t in tensors].index(self.fault_layer)
         return [
@@ -531,6 +550,18 @@ def _perturb(v: int, j: int, dtype: str) -> int:
     hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
     delta = 3 + j % 5
     return v + delta if v + delta <= hi else max(lo, v - delta)
+
+
+def _perturb_array(data, dtype: str):
+    """A broken kernel inside the interpreter: every element off by 8..30 LSB (deterministic, in
+    range), large enough that the error survives the following layers to the outputs."""
+    import numpy as np  # noqa: PLC0415
+
+    flat = data.reshape(-1).astype(np.int64)
+    hi = (1 << (int(dtype[3:]) - 1)) - 1
+    delta = 8 + np.arange(flat.size) % 23
+    out = np.where(flat + delta <= hi, flat + delta, np.maximum(-hi - 1, flat - delta))
+    return out.reshape(data.shape).astype(data.dtype)
 
 
 def _flip_digit(line: str) -> str:
