@@ -30,6 +30,7 @@ from quant.variants import VariantSpec
 
 TARGET = "esp32s3"
 INPUT_SHAPE = [1, 1, 96, 96]
+MEASURE_IMAGES = 128  # calibration images each attempt's graph-output error is measured on (first N)
 
 
 def progress(msg: str) -> None:
@@ -251,8 +252,8 @@ class Session:
         seconds = time.perf_counter() - start
         from esp_ppq.executor import TorchExecutor
 
-        q = run_graph(TorchExecutor(graph=graph, device="cpu"), x)
-        f = self.inputs.float_outputs("calib")
+        q = run_graph(TorchExecutor(graph=graph, device="cpu"), x[:MEASURE_IMAGES])
+        f = self.inputs.float_outputs("calib")[:MEASURE_IMAGES]
         attempt = Attempt(observer, tuple(sorted(int16_ops)), folder, graph, noise_signal(q, f), cosine(q, f),
                           seconds, pairs, replaced)
         self._attempts[key] = attempt
@@ -270,6 +271,7 @@ class Session:
             "chosen": best["algorithm"],
             "criterion": "lowest graph-output noise/signal power vs float on the calibration set",
             "images": int(len(self.inputs.calib_x)),
+            "measured_on": f"first {min(MEASURE_IMAGES, len(self.inputs.calib_x))} calibration images",
             "batch": spec.calibration.batch,
             "candidates": tried,
             "int16_layers": "minmax (per layer)",

@@ -83,7 +83,7 @@ def chart(models: Path, png: Path, names=paths.VARIANTS) -> Path:
         ax[1, 1].barh([f"{r['variant']}: {x['op'][-28:]}" for x in w][::-1], [x["noise_signal"] for x in w][::-1],
                       color=f"C{i + 3}")
     ax[1, 1].set_xscale("log")
-    ax[1, 1].set_title("five worst layer groups (noise/signal, one group quantized)")
+    ax[1, 1].set_title("5 worst layer groups (noise/signal)")
     ax[1, 1].tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
