@@ -25,6 +25,7 @@ in docs/readme/espdl.md):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,24 +110,28 @@ def quantize_input(x: np.ndarray, exponent: int, dtype: str) -> np.ndarray:
 def unpack_filter(t: Tensor, group: int | None, dtype: str) -> np.ndarray:
     """ESP-DL's packed Conv/Gemm filter -> [N, KH, KW, C/group] (undoes esp-ppq `reset_conv_filter_layout`).
 
-    File dims are [KH, KW, C, N] (or [KH, KW, N, C] for depthwise); data order is (N/a)HWC(a) for the first
-    floor(N/a)*a output channels (a = 16 for int8, 8 for int16), then the remaining channels as NHWC
-    (depthwise remainder as HWN).
+    File dims are [KH, KW, C, N] (or [KH, KW, N, C] for depthwise; 1-D filters drop KH); data order is
+    (N/a)HWC(a) for the first floor(N/a)*a output channels (a = 16 for int8, 8 for int16), then the remaining
+    channels as NHWC (depthwise remainder as HWN). Older esp-ppq names the layout `N16HWC16`.
     """
-    if len(t.dims) != 4:
-        raise UserError(f"filter {t.name!r} has {len(t.dims)} dims; only 2-D convolutions are supported")
+    dims = tuple(t.dims)
+    if len(dims) == 3:
+        dims = (1,) + dims
+    if len(dims) != 4:
+        raise UserError(f"filter {t.name!r} has {len(t.dims)} dims; only 1-D and 2-D convolutions are supported")
     layout = t.layout or ""
     depthwise = group is not None and group > 1
     if depthwise:
-        kh, kw, n, c = t.dims
+        kh, kw, n, c = dims
     else:
-        kh, kw, c, n = t.dims
+        kh, kw, c, n = dims
     data = t.data.astype(np.int64)
-    if layout == "NHWC":  # the "C" targets' plain layout; not produced for esp32s3 but cheap to accept
+    if layout in ("NHWC", "NWC"):  # the "C" targets' plain layout; not produced for esp32s3 but cheap to accept
         return data.reshape(n, kh, kw, c)
-    if not layout.startswith("(N/") or "HWC" not in layout:
+    m = re.fullmatch(r"(?:\(N/\d+\)|N\d+)H?WC(\d+)(_UNALIGNED)?", layout)
+    if not m:
         raise UserError(f"filter {t.name!r} has layout {layout!r}; expected ESP32-S3's (N/16)HWC16 or (N/8)HWC8")
-    align = int(layout.split("HWC")[1].split("_")[0])
+    align = int(m.group(1))
     aligned = n // align * align
     head = data[: aligned * kh * kw * c].reshape(n // align, kh, kw, c, align)
     head = head.transpose(0, 4, 1, 2, 3).reshape(aligned, kh, kw, c)
@@ -277,10 +282,13 @@ class Interpreter:
     def _conv_acc(self, node: Node, x: np.ndarray, prep: dict) -> np.ndarray:
         w = prep["w"]
         n, kh, kw, cg = w.shape
-        strides = node.attributes.get("strides", [1, 1])
-        dil = node.attributes.get("dilations", [1, 1])
+        strides = list(node.attributes.get("strides", [1, 1]))
+        dil = list(node.attributes.get("dilations", [1, 1]))
         group = int(node.attributes.get("group", 1))
-        top, left, bottom, right = _pads(node)
+        pads = _pads(node, len(strides))
+        if len(strides) == 1:  # 1-D: [N, W, C] seen as [N, 1, W, C]
+            strides, dil, pads = [1] + strides, [1] + dil, [0, pads[0], 0, pads[1]]
+        top, left, bottom, right = pads
         xp = np.pad(x[0], ((top, bottom), (left, right), (0, 0)))
         win = _windows(xp, kh, kw, strides[0], strides[1], dil[0], dil[1])
         ho, wo = win.shape[:2]
@@ -486,6 +494,20 @@ class Interpreter:
         axis = axis if axis >= 0 else x.data.ndim + axis
         lead = int(np.prod(x.data.shape[:axis])) if axis else 1
         return [self._assign(node, x, x.data.reshape(lead, -1))]
+
+    def _op_Slice(self, node, args, notes):
+        x = args[0]
+        def ints(i, default=None):
+            if len(args) > i and args[i] is not None:
+                return [int(v) for v in np.asarray(args[i].data).reshape(-1)]
+            return node.attributes.get(("starts", "ends", "axes", "steps")[i - 1], default)
+        starts, ends = ints(1), ints(2)
+        axes = ints(3, list(range(len(starts))))
+        steps = ints(4, [1] * len(starts))
+        index = [slice(None)] * x.data.ndim
+        for a, b, e, st in zip(axes, starts, ends, steps):
+            index[a] = slice(b, e, st)
+        return [self._assign(node, x, x.data[tuple(index)])]
 
     def _op_Squeeze(self, node, args, notes):
         return self._op_Reshape(node, args[:1], notes)
