@@ -33,6 +33,9 @@ PORT ?= /dev/ttyUSB0
 test-board: setup
 	$(VENV)/bin/pytest --target esp32s3 --port=$(PORT) tests_target
 
+firmware: setup
+	$(VENV)/bin/quant firmware
+
 bench: setup
 	$(PY) bench/bench_build.py
 
