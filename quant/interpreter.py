@@ -554,7 +554,9 @@ class Interpreter:
         ones = np.pad(np.ones(data.shape[1:3] + (1,), np.int64), ((t, b), (l, r), (0, 0)))
         sums = _windows(xp, kh, kw, sh, sw, 1, 1).sum(axis=(2, 3))
         count = _windows(ones, kh, kw, sh, sw, 1, 1).sum(axis=(2, 3))  # ESP-DL averages over valid cells only
-        if self.exact_average:
+        if self.exact_average:  # the simulator: torch avg_pool (zero padding counted if count_include_pad)
+            if kernel is None and node.attributes.get("count_include_pad", 0):
+                count = np.full_like(count, kh * kw)
             real = sums / count * 2.0 ** (x.exponent - out_exp)
             y = np.floor(real + 0.5).astype(np.int64)
         else:
@@ -567,6 +569,9 @@ class Interpreter:
                 inv = (1 << e) // n
                 sel = np.broadcast_to(count == n, sums.shape)
                 y[sel] = shift_round(sums[sel] * inv, out_exp + e - x.exponent)
+                if inv * n != 1 << e:
+                    notes.append(Note(node.name, f"ESP32-S3 averages {n} cells as sum * {inv} / 2^{e} "
+                                                 f"(not exactly 1/{n}); the PPQ simulator divides exactly"))
         out = saturate(y[None], out_dtype)
         return QTensor(out if x.data.ndim == 4 else out[:, 0], out_exp, out_dtype)
 
