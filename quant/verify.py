@@ -73,8 +73,11 @@ def verify_model(model, exact_average: bool = False):
             raise UserError(f"{model.path} has no test value for input {vi.name!r}")
         inputs[vi.name] = QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
     result = interp.run_named(inputs)
+    from quant.bisect import graph_order
+
+    position = {name: i for i, (name, _) in enumerate(graph_order(model))}
     checks = []
-    for name, expected in model.test_outputs.items():
+    for name, expected in sorted(model.test_outputs.items(), key=lambda kv: position.get(kv[0], len(position))):
         if name not in result.tensors:
             raise UserError(f"test output {name!r} is not a value the graph computes")
         checks.append(compare(name, result.tensors[name], expected))
@@ -95,6 +98,9 @@ def format_checks(checks, notes) -> str:
             f"{status} {c.name}: {meta}; worst |diff| {c.max_lsb} LSB (allowed {c.allowed_lsb}){worst}; "
             f"{c.mismatches}/{c.size} beyond tolerance"
         )
+    failing = [c for c in checks if not c.ok]
+    if failing and len(checks) > 1:
+        lines.append(f"first differing value in graph order: {failing[0].name}")
     seen = set()
     for n in notes:
         key = (n.node, n.message)

@@ -62,6 +62,25 @@ class _Mixed(nn.Module):
         return self.c2(self.relu(self.dw(self.c1(x))))
 
 
+class _Chain(nn.Module):
+    """The variants' operator chain in miniature: conv+ReLU6, depthwise+ReLU6, linear 1x1, residual Add,
+    1x1 conv+ReLU6, global average pool, linear head."""
+
+    def __init__(self, c: int = 8, hidden: int = 16, classes: int = 5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, 2, 1), nn.ReLU6())
+        self.expand = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden), nn.ReLU6())
+        self.project = nn.Conv2d(hidden, c, 1)
+        self.head = nn.Sequential(nn.Conv2d(c, 32, 1), nn.ReLU6())
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.dw(self.expand(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.head(x), 1), 1))
+
+
 class _Lambda(nn.Module):
     def __init__(self, fn: Callable):
         super().__init__()
@@ -86,6 +105,7 @@ class Case:
     scale: float = 1.0                   # input amplitude (randn * scale)
     uniform: bool = False                # inputs uniform in [0, 1] (images) instead of randn
     marks: tuple[str, ...] = field(default=())
+    all_values: bool = False             # embed test values for every intermediate tensor, not only outputs
 
 
 def _cases() -> list[Case]:
@@ -112,6 +132,9 @@ def _cases() -> list[Case]:
     c.append(Case("concat_transpose_s8",
                   lambda: _Lambda(lambda x: torch.cat([x, x * 0.5], 1).permute(0, 2, 3, 1).reshape(1, -1)),
                   (1, 8, 3, 3)))
+    # every intermediate tensor embedded: the interpreter is checked layer by layer against the simulator
+    c.append(Case("chain_all_values_mixed", lambda: _Chain(), (1, 1, 12, 12), uniform=True, all_values=True,
+                  int16_ops=("/dw/dw.0/Conv", "/dw/dw.1/Clip", "/project/Conv")))
     # the project's gesture network (random weights): every operator the three variants use
     c.append(Case("gesture_s8", lambda: _gesture(relu=False), (1, 1, 96, 96), uniform=True, marks=("model",)))
     c.append(Case("gesture_relu_s8", lambda: _gesture(relu=True), (1, 1, 96, 96), uniform=True, marks=("model",)))
@@ -163,13 +186,25 @@ def generate(case: Case, out_dir: Path, seed: int = 0) -> Path:
             setting.dispatching_table.append(op, get_target_platform("esp32s3", 16))
             setting.quantize_activation_setting.calib_algorithm_per_layer[op] = "minmax"
             setting.quantize_parameter_setting.calib_algorithm_per_layer[op] = "minmax"
+        names = _value_names(model, test_input, out_dir) if case.all_values else None
         espdl_quantize_torch(
-            model=model, espdl_export_file=str(target), calib_dataloader=calib, calib_steps=len(calib),
+            model=model, test_output_names=names, espdl_export_file=str(target), calib_dataloader=calib, calib_steps=len(calib),
             input_shape=list(case.shape), inputs=[test_input], target="esp32s3", num_of_bits=case.bits,
             collate_fn=lambda b: b.to("cpu"), setting=setting, device="cpu", error_report=False,
             skip_export=False, export_config=False, export_test_values=True, verbose=0,
         )
     return target
+
+
+def _value_names(model: nn.Module, x: torch.Tensor, out_dir: Path) -> list[str]:
+    """Output names of every node of the model's ONNX export (as esp-ppq's torch route will name them)."""
+    import onnx
+
+    path = out_dir / "_names.onnx"
+    torch.onnx.export(model, (x,), str(path), opset_version=18, dynamo=False)
+    graph = onnx.load(str(path)).graph
+    path.unlink()
+    return [o for n in graph.node if n.op_type != "Constant" for o in n.output]
 
 
 def cache_key() -> str:
