@@ -30,6 +30,7 @@ from quant.paths import FIRMWARE, MODELS
 DEFAULT_TIMEOUT_S = 25.0  # the longest silence a healthy board shows (boot, one vector's runs)
 TOTAL_FACTOR = 10  # a run may take at most TOTAL_FACTOR * timeout_s in all (dump: DUMP_FACTOR)
 DUMP_FACTOR = 40
+READ_PAUSE_S = 0.005  # pexpect's pause after each read of the DUT log (its default 0.1 ms busy-polls)
 _LINES = re.compile(rb"(?:[^\n]*\n)+")  # every complete line in the buffer at once
 
 
@@ -58,10 +59,82 @@ def _log_hint(dut: Any) -> str:
     return f"DUT log: {path}" if path else "DUT log: (none)"
 
 
-def _read(dut: Any, session: protocol.Session, done, *, phase: str, timeout_s: float, deadline: float) -> None:
-    """Feed the DUT's output to `session` until `done(session.run)` or a fault; bounded."""
-    import pexpect  # pytest-embedded's dependency; imported here so the module imports fast
+class _Silence(Exception):
+    """No complete line within the timeout; `.pending` holds an unfinished line, if any."""
 
+    def __init__(self, pending: bytes = b""):
+        super().__init__("silent")
+        self.pending = pending
+
+
+class _ExpectSource:
+    """Complete lines through pytest-embedded's pexpect stream (every byte also lands in the DUT log)."""
+
+    def __init__(self, dut: Any):
+        self.dut, self.proc = dut, getattr(dut, "pexpect_proc", None)
+        self.saved = getattr(self.proc, "delayafterread", None)
+        if self.proc is not None:  # pexpect polls the (always readable) log file: pause 5 ms per read, not 0.1
+            self.proc.delayafterread = READ_PAUSE_S
+
+    def read(self, timeout: float) -> bytes:
+        import pexpect  # pytest-embedded's dependency; imported here so the module imports fast
+
+        try:
+            return self.dut.expect(_LINES, timeout=timeout).group(0)
+        except pexpect.TIMEOUT:
+            raise _Silence(bytes(getattr(self.proc, "buffer", b"") or b"")) from None
+        except pexpect.EOF:
+            raise BoardSessionError(f"the serial port closed; {_log_hint(self.dut)}") from None
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.delayafterread = self.saved
+
+
+class _PortSource:
+    """Complete lines read from the port directly, for `run dump`'s megabytes: pytest-embedded's reader
+    thread takes at most what the tty buffers every 50 ms (4 KB on a pty: ~80 KB/s, 30 s per dump). The
+    thread is paused, what we read is appended to the DUT log, and the thread resumes on close."""
+
+    def __init__(self, dut: Any):
+        self.dut, self.serial = dut, dut.serial
+        self.serial.stop_redirect_thread()
+        self.port = self.serial.proc
+        self.pending = b""
+        self.log = open(dut.logfile, "ab") if getattr(dut, "logfile", None) else None  # noqa: SIM115
+
+    @staticmethod
+    def usable(dut: Any) -> bool:
+        serial = getattr(dut, "serial", None)
+        return all(hasattr(serial, a) for a in ("stop_redirect_thread", "start_redirect_thread", "proc"))
+
+    def read(self, timeout: float) -> bytes:
+        end = time.monotonic() + timeout
+        while True:
+            self.port.timeout = max(0.0, min(0.05, end - time.monotonic()))
+            try:
+                chunk = self.port.read(1 << 16)
+            except OSError as exc:
+                raise BoardSessionError(f"the serial port failed ({exc}); {_log_hint(self.dut)}") from None
+            if chunk and self.log:
+                self.log.write(chunk)
+                self.log.flush()
+            self.pending += chunk
+            cut = self.pending.rfind(b"\n")
+            if cut >= 0:
+                lines, self.pending = self.pending[: cut + 1], self.pending[cut + 1:]
+                return lines
+            if time.monotonic() >= end:
+                raise _Silence(self.pending)
+
+    def close(self) -> None:
+        if self.log:
+            self.log.close()
+        self.serial.start_redirect_thread()
+
+
+def _read(source, dut: Any, session: protocol.Session, done, *, phase: str, timeout_s: float, deadline: float) -> None:
+    """Feed the board's lines to `session` until `done(session.run)` or a fault; bounded."""
     while not done(session.run):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -71,21 +144,17 @@ def _read(dut: Any, session: protocol.Session, done, *, phase: str, timeout_s: f
                 f"it prints without ever ending; {_log_hint(dut)}"
             )
         try:
-            match = dut.expect(_LINES, timeout=min(timeout_s, remaining))
-        except pexpect.TIMEOUT:
+            session.feed(source.read(min(timeout_s, remaining)))
+        except _Silence as silence:
             if deadline - time.monotonic() <= 0:
                 continue  # reported as the total limit above
-            partial = dut.pexpect_proc.buffer
-            tail = f"; an unfinished line is pending: {partial[-120:]!r}" if partial else ""
+            tail = f"; an unfinished line is pending: {silence.pending[-120:]!r}" if silence.pending else ""
             raise BoardSessionError(
                 f"the board went silent: no output for {timeout_s:.0f} s while {phase} "
                 f"({session.line_no} lines received; the last protocol line was "
                 f"{session.run.last_tag or 'none'}{tail}); check that the board runs the test app, "
                 f"or raise --board-timeout if one vector's runs legitimately take longer; {_log_hint(dut)}"
             ) from None
-        except pexpect.EOF:
-            raise BoardSessionError(f"the serial port closed while {phase}; {_log_hint(dut)}") from None
-        session.feed(match.group(0))
 
 
 def _stop_reading(run: protocol.BoardRun) -> bool:
@@ -93,20 +162,29 @@ def _stop_reading(run: protocol.BoardRun) -> bool:
 
 
 def run_board(dut: Any, *, virtual: bool, dump: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
-              total_s: float | None = None) -> protocol.BoardRun:
-    """One session: (reset,) wait for READY, send `run`/`run dump`, read until END. A trusted run or
-    BoardSessionError."""
+              total_s: float | None = None, reset: bool = False) -> protocol.BoardRun:
+    """One session: reset (a virtual board always; a chip when `reset`, else the esp service just did),
+    wait for READY, send `run` / `run dump`, read until END. A trusted run, or BoardSessionError."""
     total_s = total_s or timeout_s * (DUMP_FACTOR if dump else TOTAL_FACTOR)
     deadline = time.monotonic() + total_s
-    session = protocol.Session()
-    if virtual:
-        dut.write("reset")  # the virtual board's equivalent of the esp service's hard reset
-    _read(dut, session, lambda r: r.ready or r.end is not None or _stop_reading(r),
-          phase="waiting for the test app to boot (BOOT, READY)", timeout_s=timeout_s, deadline=deadline)
-    if session.run.ready and not _stop_reading(session.run):
-        dut.write("run dump" if dump else "run")
-        _read(dut, session, lambda r: r.end is not None or _stop_reading(r),
-              phase="waiting for the results (until END)", timeout_s=timeout_s, deadline=deadline)
+    source = _PortSource(dut) if dump and _PortSource.usable(dut) else _ExpectSource(dut)
+    try:
+        if virtual:
+            dut.write("reset")  # the virtual board's equivalent of the esp service's hard reset
+        elif reset:
+            hard_reset = getattr(getattr(dut, "serial", None), "hard_reset", None)
+            if hard_reset is None:
+                raise BoardSessionError("cannot reset the board for a second session: use the esp,idf services")
+            hard_reset()
+        session = protocol.Session()
+        _read(source, dut, session, lambda r: r.ready or r.end is not None or _stop_reading(r),
+              phase="waiting for the test app to boot (BOOT, READY)", timeout_s=timeout_s, deadline=deadline)
+        if session.run.ready and not _stop_reading(session.run):
+            dut.write("run dump" if dump else "run")
+            _read(source, dut, session, lambda r: r.end is not None or _stop_reading(r),
+                  phase="waiting for the results (until END)", timeout_s=timeout_s, deadline=deadline)
+    finally:
+        source.close()
     run = session.finish()
     problems = run.problems()
     if problems:
@@ -135,34 +213,36 @@ def _explain(run: protocol.BoardRun, problems: list[str], dut: Any) -> str:
 # once per variant: run, compare, localize
 
 
-def _reset_for_rerun(dut: Any, virtual: bool) -> str | None:
-    """Get the board back to READY for a second session. None when done, else why not."""
-    if virtual:
-        return None  # run_board sends `reset`
-    hard_reset = getattr(getattr(dut, "serial", None), "hard_reset", None)
-    if hard_reset is None:
-        return "the serial service cannot reset this board (use the esp,idf services)"
-    hard_reset()
-    return None
-
-
-def localize(dut: Any, variant: str, *, virtual: bool, timeout_s: float, models: Path = MODELS) -> str:
-    """Run the board again in dump mode and name the first diverging layer (quant.bisect)."""
+def localize(dut: Any, variant: str, *, virtual: bool, timeout_s: float, models: Path = MODELS,
+             tolerance: dict | None = None) -> str:
+    """Run the board again in dump mode and name the first layer where its intermediates (vector 0)
+    leave the host interpreter's (quant.bisect; ESP32-S3 integer arithmetic on the committed .espdl)."""
     try:
-        from quant import bisect
-    except ImportError:
-        return "first diverging layer: not localized (quant.bisect is not available in this checkout)"
-    why_not = _reset_for_rerun(dut, virtual)
-    if why_not:
-        return f"first diverging layer: not localized ({why_not})"
+        from quant import bisect, espdl
+        from quant.interpreter import Interpreter
+        from quant.vectors import load_vectors
+    except ImportError as exc:
+        return f"first diverging layer: not localized ({exc.name} is not available in this checkout)"
     try:
-        dump = run_board(dut, virtual=virtual, dump=True, timeout_s=timeout_s)
+        dump = run_board(dut, virtual=virtual, dump=True, timeout_s=timeout_s, reset=True)
     except BoardSessionError as exc:
         return f"first diverging layer: not localized (the `run dump` session failed: {str(exc).splitlines()[0]})"
     try:
-        return bisect.board_dump_report(dump, variant, models=models)
+        from quant.paths import variant_file
+
+        model = espdl.load(variant_file(variant, ".espdl", models))
+        host = Interpreter(model).run_full(load_vectors(models)[0][0][None]).tensors
+        board = dump.tensors.get(0, {})
+        found = bisect.first_divergence(model, board, host, tolerance)
     except UserError as exc:
         return f"first diverging layer: not localized ({exc})"
+    if found is None:
+        return ("first diverging layer: none: in `run dump` mode every intermediate of vector 0 agrees with the "
+                "host interpreter; the mismatch is in another vector or appears only in normal runs")
+    s = found.stat
+    report = bisect.format_report(model, board, host, tolerance, label_a="board", label_b="host interpreter")
+    return (f"first diverging layer (board `run dump` vs host interpreter, vector 0): {s.op_type} {s.node} -> "
+            f"{s.value} ({found.agreed_before} earlier layers agree)\n{report}")
 
 
 def run_variant(dut: Any, variant: str, *, virtual: bool, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -182,7 +262,8 @@ def run_variant(dut: Any, variant: str, *, virtual: bool, timeout_s: float = DEF
         outcome.compare_error = str(exc)
         return outcome
     if bisect and not outcome.verdict.ok:
-        outcome.bisect_note = localize(dut, variant, virtual=virtual, timeout_s=timeout_s, models=models)
+        outcome.bisect_note = localize(dut, variant, virtual=virtual, timeout_s=timeout_s, models=models,
+                                       tolerance=outcome.tolerance)
     return outcome
 
 

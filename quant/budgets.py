@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import re
 import tempfile
@@ -156,15 +155,12 @@ def _load_report(path: Path) -> tuple[Path, dict]:
 
 
 def new_budget(name: str, measured: int, headroom: float, identity: Mapping[str, Any], date: str, source: str) -> dict:
+    """A measured budget: value = ceil(measured * (1 + headroom)) (quant.info's rule), with the board's identity."""
+    from quant.info import budget
+
     keys = ("board", "fw", "target", "idf", "espdl", "cpu_mhz", "psram_bytes", "cores")
     board = " ".join(f"{k}={identity[k]}" for k in keys if identity.get(k) not in (None, ""))
-    return {
-        "value": int(math.ceil(measured * (1 + headroom) - 1e-9)),
-        "basis": int(measured),
-        "headroom": headroom,
-        "provenance": "measured",
-        "method": f"{board} date={date} (from {source})",
-    }
+    return dict(budget(measured, headroom, f"{board} date={date} (from {source})"), provenance="measured")
 
 
 def _toml_value(v: Any) -> str:
