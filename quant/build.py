@@ -170,27 +170,38 @@ class Data:
 def check_data(args, n_outputs: int):
     """Validate the data folder (or the synthetic set) against the model -> (user images or None, classes)."""
     from quant import data
+    from quant.quantize import MIN_CALIB_STEPS
 
     if args.data is None:
         user, classes = None, tuple(data.CLASSES)
     else:
         user = data.load_image_folder(args.data)
         classes = user[2]
+    calib_n = calib_count(args, user)
+    if calib_n < MIN_CALIB_STEPS:
+        where = "" if user is None else f" (the data folder has {len(user[0])} images; add images or pass --calib)"
+        raise UserError(f"{calib_n} calibration images are too few; esp-ppq needs at least {MIN_CALIB_STEPS}{where}")
     if n_outputs and n_outputs != len(classes):
         raise UserError(f"the model has {n_outputs} outputs but the data has {len(classes)} classes "
                         f"({', '.join(classes)}); pass --data with one sub-folder per model class")
     return user, classes
 
 
+def calib_count(args, user) -> int:
+    if args.calib is not None:
+        return args.calib
+    return 256 if user is None else min(256, len(user[0]) // 2)
+
+
 def load_data(args, user, classes) -> Data:
     from quant import data
 
     if user is None:
-        cx, _ = data.calibration(args.calib or 256)
+        cx, _ = data.calibration(calib_count(args, user))
         hx, hy = data.heldout()
     else:
         x, y, _ = user
-        cx, hx, hy = data.split(x, y, args.calib or min(256, max(1, len(x) // 2)))
+        cx, hx, hy = data.split(x, y, calib_count(args, user))
     return Data(cx, hx, hy, classes)
 
 
@@ -340,8 +351,6 @@ def run(args) -> int:
     specs = [variants.get(n) for n in names]
     input_name, output_names, n_outputs = check_onnx(args.onnx)
     out = check_out(args.out)
-    if args.calib is not None and args.calib < 1:
-        raise UserError(f"--calib {args.calib} is too small; use at least 1 calibration image")
     user, classes = check_data(args, n_outputs)  # before anything is written
     vectors_x, vectors_meta = load_vectors(args.vectors)
     vectors_sha = _sha_file(Path(args.vectors) / paths.VECTORS_BIN.name)
