@@ -575,6 +575,21 @@ class Interpreter:
         out = saturate(y[None], out_dtype)
         return QTensor(out if x.data.ndim == 4 else out[:, 0], out_exp, out_dtype)
 
+    def _op_ReduceMean(self, node, args, notes):
+        """`dl_module_reduce_mean.hpp`: round(sum * 2^in / count * 2^-out), evaluated in float32."""
+        x = args[0]
+        out_exp, out_dtype = self._out_meta(node)
+        axes = node.attributes.get("axes")
+        if axes is None and len(args) > 1 and args[1] is not None:
+            axes = [int(a) for a in np.asarray(args[1].data).reshape(-1)]
+        axes = tuple(range(x.data.ndim)) if axes is None else tuple(a % x.data.ndim for a in axes)
+        keep = bool(node.attributes.get("keepdims", 1))
+        total = x.data.astype(np.int64).sum(axis=axes, keepdims=keep)
+        count = int(np.prod([x.data.shape[a] for a in axes]))
+        f = total.astype(np.float32) * np.float32(2.0**x.exponent)
+        f = (f / np.float32(count)).astype(np.float32) * np.float32(2.0 ** (-out_exp))
+        return [QTensor(saturate(round_half_up_float(f), out_dtype), out_exp, out_dtype)]
+
     def _op_AveragePool(self, node, args, notes):
         return [self._average(node, args[0], None, notes)]
 

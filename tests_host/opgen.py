@@ -48,6 +48,13 @@ class _Head(nn.Module):
         return self.fc(torch.flatten(self.pool(self.act(self.conv(x))), 1))
 
 
+class _MeanHead(_Head):
+    """_Head with the global average written as a mean over H and W (exports as ReduceMean)."""
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.act(self.conv(x)).mean(dim=(2, 3), keepdim=True), 1))
+
+
 class _Mixed(nn.Module):
     """conv (int8) -> depthwise conv + relu (int16 via dispatching) -> conv (int8): RequantizeLinear both ways."""
 
@@ -123,6 +130,7 @@ def _cases() -> list[Case]:
     c.append(Case("add_residual_s16", lambda: _Residual(8), (1, 8, 6, 6), 16))
     c.append(Case("head_gap_gemm_s8", lambda: _Head(8, 32, 7), (1, 8, 6, 6)))
     c.append(Case("head_gap_gemm_s16", lambda: _Head(8, 24, 5), (1, 8, 6, 6), 16))
+    c.append(Case("head_reducemean_gemm_s8", lambda: _MeanHead(8, 32, 7), (1, 8, 6, 6)))
     c.append(Case("linear_relu_s8", _seq(nn.Flatten(), nn.Linear(48, 20), nn.ReLU()), (1, 3, 4, 4)))
     c.append(Case("mixed_requant_s8_s16", lambda: _Mixed(3), (1, 3, 8, 8), 8,
                   int16_ops=("/dw/Conv", "/relu/Relu")))
