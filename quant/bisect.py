@@ -3,6 +3,8 @@
 Sources of per-layer tensors (named after the .espdl's values, NHWC ints + exponent):
 - `interpreter`        the host interpreter with ESP32-S3 arithmetic (quant.interpreter)
 - `interpreter-exact`  the same, with average pools dividing exactly as the PPQ simulator does
+- `embedded`           the PPQ simulator's tensors esp-ppq embedded as test values (the outputs, or every layer
+  when exported with `test_output_names=` all values); input = the embedded test input
 - `FILE` (a transcript) a board's (or the virtual board's) serial output of `run dump`: protocol v1 TENSOR
   lines (quant.protocol), vector `--vector`.
 
@@ -179,13 +181,21 @@ def _source(spec: str, model, vector: int, vectors):
                 raise UserError(f"--vector {vector}: there are {len(vectors)} fixed vectors")
             x = vectors[vector][None]
         return interp.run_full(x).tensors
+    if spec == "embedded":
+        if vector >= 0:
+            raise UserError("the embedded (simulator) tensors belong to the embedded test input: drop --vector")
+        tensors = {name: QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
+                   for name, t in {**model.test_inputs, **model.test_outputs}.items()}
+        if len(tensors) <= len(model.test_inputs):
+            raise UserError("the model embeds no test outputs: export it with esp-ppq export_test_values=True")
+        return tensors
     from pathlib import Path
 
     from quant import protocol
 
     path = Path(spec)
     if not path.is_file():
-        raise UserError(f"source {spec!r} is neither 'interpreter', 'interpreter-exact' nor a transcript file")
+        raise UserError(f"source {spec!r} is not interpreter, interpreter-exact, embedded or a transcript file")
     session = protocol.Session()
     session.feed(path.read_bytes())
     run = session.finish()
@@ -199,7 +209,7 @@ def _source(spec: str, model, vector: int, vectors):
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="FILE.espdl", help="the model both runs executed")
-    parser.add_argument("a", help="first source: interpreter | interpreter-exact | transcript file")
+    parser.add_argument("a", help="first source: interpreter | interpreter-exact | embedded | transcript file")
     parser.add_argument("b", help="second source (same choices)")
     parser.add_argument("--vector", type=int, default=-1,
                         help="fixed vector index (models/test_vectors.bin); default: the embedded test input "

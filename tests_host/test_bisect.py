@@ -110,3 +110,13 @@ def test_diff_command_reads_a_board_dump_transcript(model, model_path, tmp_path,
 def test_sources_without_common_tensors_are_a_user_error(model):
     with pytest.raises(UserError, match="share no tensor"):
         bisect.first_divergence(model, _run(model), {"something_else": None})
+
+
+def test_diff_against_the_simulator_tensors_embedded_per_layer(request, tmp_path_factory, capsys):
+    path = opgen.cached(["chain_all_values_mixed"], opgen.cache_root(request, tmp_path_factory))["chain_all_values_mixed"]
+    args = dict(model=str(path), vector=-1, tolerance=None, key=None)
+    assert bisect.run(Namespace(a="interpreter", b="embedded", **args)) == 1
+    out = capsys.readouterr().out
+    assert "FIRST DIVERGENCE at #13 (values beyond tolerance): GlobalAveragePool /GlobalAveragePool" in out
+    assert "11 earlier tensors agree" in out
+    assert bisect.run(Namespace(a="interpreter-exact", b="embedded", **args)) == 0
