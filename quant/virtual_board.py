@@ -692,8 +692,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     app = App(load_variant(args.variant, args.models, args.source), args.fault, args.runs)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # unplugging the board is not an error
+        signal.signal(sig, lambda *_: sys.exit(0))
     _die_with_parent(args.parent_pid)
     serve(app, pty_file=args.pty_file, parent=args.parent_pid, lifetime_s=args.lifetime)
     return 0
