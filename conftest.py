@@ -163,8 +163,8 @@ def app_path(request) -> str:
 
 @pytest.fixture
 def build_dir(build_dir, request, app_path, target, config):
-    if not _is_board(request) or _virtual(request) or build_dir:
-        return build_dir
+    if not _is_board(request) or _virtual(request) or request.config.getoption("build_dir", None):
+        return build_dir  # (pytest-embedded's default is 'build'; an explicit --build-dir wins)
     return str(Path(app_path) / f"build_{target}_{config}")
 
 
@@ -221,19 +221,20 @@ def _run_once(request, variant):
 
     virtual = _virtual(request)
     if not virtual:
-        problem = board_session.ensure_firmware(variant, request.getfixturevalue("target"))
+        problem = board_session.ensure_firmware(variant)
         if problem:
             return board_session.BoardOutcome(variant, virtual=False, models=_models(request.config),
                                               error=f"{variant}: {problem}")
     try:
         dut = request.getfixturevalue("dut")
     except Exception as exc:  # noqa: BLE001  (esptool, serial and build-dir errors all land here)
-        where = request.getfixturevalue("port") or "no port"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = request.getfixturevalue("port") or os.environ.get("ESPPORT") or "no port"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = ("" if virtual else f" (flashing {request.getfixturevalue('build_dir')}); check the cable, the "
+                "port (--port=/dev/ttyUSB0) and that nothing else holds it")
         return board_session.BoardOutcome(
             variant, virtual=virtual, models=_models(request.config),
-            error=f"{variant}: could not open the board on {where}: {type(exc).__name__}: {first}; "
-                  "check the cable and the port (--port=/dev/ttyUSB0), and that nothing else holds it",
+            error=f"{variant}: pytest-embedded could not open the board on {where}: {type(exc).__name__}: {first}{hint}",
         )
     return board_session.run_variant(dut, variant, virtual=virtual, models=_models(request.config),
                                      timeout_s=request.config.getoption("board_timeout"))

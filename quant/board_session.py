@@ -25,7 +25,7 @@ from typing import Any
 
 from quant import protocol
 from quant.errors import UserError
-from quant.paths import FIRMWARE, MODELS
+from quant.paths import MODELS
 
 DEFAULT_TIMEOUT_S = 25.0  # the longest silence a healthy board shows (boot, one vector's runs)
 TOTAL_FACTOR = 10  # a run may take at most TOTAL_FACTOR * timeout_s in all (dump: DUMP_FACTOR)
@@ -271,24 +271,16 @@ def run_variant(dut: Any, variant: str, *, virtual: bool, timeout_s: float = DEF
 # the firmware a bench flashes
 
 
-def ensure_firmware(variant: str, target: str = "esp32s3") -> str | None:
-    """Make sure firmware/build_<target>_<variant>/ exists and is current: build it with ESP-IDF
-    when it is missing or stale (quant.firmware). None when ready, else what to do."""
-    build_dir = FIRMWARE / f"build_{target}_{variant}"
-    try:
-        from quant import firmware
-    except ImportError:
-        firmware = None
-    if firmware is None or not hasattr(firmware, "needs_build"):
-        if (build_dir / "flasher_args.json").exists():
-            return None
-        return (f"{build_dir} is missing: build it with ESP-IDF >= 5.3 (`. $IDF_PATH/export.sh` then "
-                f"`quant firmware --variant {variant}`), or download the CI build artifacts into firmware/")
+def ensure_firmware(variant: str) -> str | None:
+    """Make sure firmware/build_esp32s3_<variant>/ exists and is current, building it with ESP-IDF
+    when it is missing or older than its sources (quant.firmware). None when ready, else what to do."""
+    from quant import firmware
+
     reason = firmware.needs_build(variant)
     if reason is None:
         return None
     try:
         firmware.build(variant)
     except UserError as exc:
-        return f"{build_dir} must be built first ({reason}), and it could not be built here: {exc}"
+        return f"the test app must be built before flashing ({reason}), and it cannot be built here: {exc}"
     return None
