@@ -10,7 +10,8 @@ in docs/readme/espdl.md):
   which is the same value).
 - Conv / Gemm: acc = sum(x * w) + bias (bias exponent = input + weight exponent), out = sat(relu?(round(acc >> s)))
   with s = out_exp - in_exp - w_exp (`dl_base.hpp` mac_shift). Bias is wrapped to 20 bits (int8, QACC lanes) or
-  40 bits (int16) by `TensorBase::reset_bias_layout`; accumulators that leave that width are reported.
+  40 bits (int16) by `TensorBase::reset_bias_layout`; the lanes saturate, so an accumulator that leaves its
+  width is clipped (and reported: the chip clips while summing, in kernel order, which may differ).
 - Clip / Relu / Sigmoid / ...: int8 with a LUT initializer -> table[x + 128] (`dl_module_clip.hpp` etc. build a
   `LUT` module for int8 when the node has `lut`); otherwise the module's own arithmetic (clip raw ints, then
   rescale with round half up).
@@ -319,10 +320,13 @@ class Interpreter:
                 notes.append(Note(node.name, prep["bias_note"]))
         peak = np.abs(acc).reshape(-1, acc.shape[-1]).max(axis=0) if acc.size else np.zeros(0, np.int64)
         over = peak >= (np.int64(1) << (prep["lane_bits"] - 1))
-        if over.any():
+        if over.any():  # the S3's QACC/ACCX lanes saturate (esp-dl tools/agents/skills/esp32s3-pie-simd)
             ch = int(np.argmax(np.where(over, peak, -1)))
             notes.append(Note(node.name, f"accumulator reaches {int(peak[ch])} on channel {ch}, beyond its "
-                                         f"{int(prep['lane_bits'][ch])}-bit ESP32-S3 accumulator lane"))
+                                         f"{int(prep['lane_bits'][ch])}-bit ESP32-S3 lane, which saturates "
+                                         f"(the interpreter clips the final sum; the chip clips while summing)"))
+            half = np.int64(1) << (prep["lane_bits"] - 1)
+            acc = np.clip(acc, -half, half - 1)
         shift = out_exp - x_exp - prep["w_exp"]
         if shift < 0:
             notes.append(Note(node.name, f"negative mac_shift {shift}: esp-ppq warns ESP-DL mis-computes this"))

@@ -110,3 +110,19 @@ def test_interpreter_reproduces_the_variants_embedded_test_value(variant):
     espdl_path, _, _ = _variant_or_skip(variant)
     checks, _ = verify_model(espdl.load(espdl_path))
     assert all(c.ok for c in checks), checks
+
+
+def test_int8_accumulators_saturate_at_the_s3_20_bit_lane_and_say_so():
+    c, n = 64, 16  # 16 output channels: the aligned QACC path
+    vi = espdl.ValueInfo("x", "int8", (1, c), (0,))
+    vo = espdl.ValueInfo("y", "int8", (1, n), (13,))
+    w = espdl.Tensor("w", "int8", (1, 1, c, n), (0,), np.full(c * n, 127, np.int8), "(N/16)HWC16")
+    model = espdl.EspdlModel(
+        path=None, header=espdl.Header(b"EDL2", False, 0, 16), sha256="", producer="", ir_version=8,
+        nodes=[espdl.Node("fc", "Gemm", ["x", "w"], ["y"], {"quant_type": "S8", "activation": "Linear"})],
+        initializers={"w": w}, values={"x": vi, "y": vo}, inputs=[vi], outputs=[vo], test_inputs={},
+        test_outputs={}, metadata={})
+    res = Interpreter(model).run_full(np.full((1, c), 74, np.int8))
+    # 64 * 127 * 74 = 601472 > 2^19 - 1: the lane holds 524287, and 524287 / 2^13 rounds to 64 (not 73)
+    assert res.tensors["y"].data.tolist() == [[64] * n]
+    assert any("saturates" in note.message for note in res.notes)
