@@ -26,10 +26,10 @@ def test_outputs_match_simulator(board):
 def test_model_hash_matches_committed_espdl(board):
     espdl = variant_file(board.variant, ".espdl", board.models)
     committed = hashlib.sha256(espdl.read_bytes()).hexdigest()
-    ran = board.run.model_sha256
+    ran, says = board.run.model_sha256, board.run.boot.get("variant")
     if ran != committed:
         pytest.fail(
-            f"{board.variant}: the board runs another model: it loaded sha256 {ran}, the committed "
+            f"{board.variant}: the board runs another model (its app says variant={says}): it loaded sha256 {ran}, the committed "
             f"{espdl.name} is {committed}; the flash is stale: rebuild and reflash "
             f"firmware/build_esp32s3_{board.variant} (pytest rebuilds it when ESP-IDF is installed)",
             pytrace=False,
