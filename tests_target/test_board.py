@@ -29,7 +29,7 @@ def test_model_hash_matches_committed_espdl(board):
     ran, says = board.run.model_sha256, board.run.boot.get("variant")
     if ran != committed:
         pytest.fail(
-            f"{board.variant}: the board runs another model (its app says variant={says}): it loaded sha256 {ran}, the committed "
+            f"{board.variant}: the board runs another model: it loaded sha256 {ran} (its app says variant={says}), the committed "
             f"{espdl.name} is {committed}; the flash is stale: rebuild and reflash "
             f"firmware/build_esp32s3_{board.variant} (pytest rebuilds it when ESP-IDF is installed)",
             pytrace=False,
