@@ -203,7 +203,8 @@ def _explain(run: protocol.BoardRun, problems: list[str], dut: Any) -> str:
         head = (f"the board's output is corrupt: {len(run.corrupt)} protocol line(s) failed the checksum or "
                 "format and were not used as data (a flaky UART or baud rate?)")
     elif run.errors:
-        head = "the test app reported an error"
+        _, code, msg = run.errors[0]
+        head = f"the test app reported ERROR code={code} msg={msg.replace('_', ' ')}"
     else:
         head = "the board's transcript is incomplete or inconsistent"
     return "\n".join([head, *(f"  - {p}" for p in problems), _log_hint(dut)])
