@@ -2,7 +2,7 @@
 
 Sources of per-layer tensors (named after the .espdl's values, NHWC ints + exponent):
 - `interpreter`        the host interpreter with ESP32-S3 arithmetic (quant.interpreter)
-- `interpreter-exact`  the same, with average pools dividing exactly as the PPQ simulator does
+- `interpreter-exact`  the PPQ simulator's arithmetic: exact average pools, accumulators without the S3's lanes
 - `embedded`           the PPQ simulator's tensors esp-ppq embedded as test values (the outputs, or every layer
   when exported with `test_output_names=` all values); input = the embedded test input
 - `FILE` (a transcript) a board's (or the virtual board's) serial output of `run dump`: protocol v1 TENSOR
@@ -170,7 +170,8 @@ def _source(spec: str, model, vector: int, vectors):
     from quant.interpreter import Interpreter, QTensor
 
     if spec in ("interpreter", "interpreter-exact"):
-        interp = Interpreter(model, exact_average=spec.endswith("exact"))
+        exact = spec.endswith("exact")
+        interp = Interpreter(model, exact_average=exact, wide_accumulators=exact)
         if vector < 0:
             t = model.test_inputs.get(model.inputs[0].name)
             if t is None:

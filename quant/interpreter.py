@@ -174,9 +174,12 @@ def _to_4d(data: np.ndarray) -> np.ndarray:
 class Interpreter:
     """Runs an `EspdlModel`. `run(x)` accepts float input (quantized like ESP-DL's `assign`) or ints."""
 
-    def __init__(self, model: EspdlModel, exact_average: bool = False):
+    def __init__(self, model: EspdlModel, exact_average: bool = False, wide_accumulators: bool = False):
+        """`exact_average` divides average pools exactly and `wide_accumulators` lets Conv/Gemm sums exceed the
+        S3's 20/40-bit lanes: both together are the PPQ simulator's arithmetic (the default is the chip's)."""
         self.model = model
         self.exact_average = exact_average
+        self.wide_accumulators = wide_accumulators
         self._prepared: dict[str, dict] = {}
         unsupported = sorted({n.op_type for n in model.nodes if not hasattr(self, f"_op_{n.op_type}")})
         if unsupported:
@@ -318,15 +321,17 @@ class Interpreter:
             acc = acc + prep["bias"]
             if prep["bias_note"]:
                 notes.append(Note(node.name, prep["bias_note"]))
-        peak = np.abs(acc).reshape(-1, acc.shape[-1]).max(axis=0) if acc.size else np.zeros(0, np.int64)
-        over = peak >= (np.int64(1) << (prep["lane_bits"] - 1))
+        flat = acc.reshape(-1, acc.shape[-1])
+        half = np.int64(1) << (prep["lane_bits"] - 1)
+        over = (flat.max(axis=0) > half - 1) | (flat.min(axis=0) < -half) if acc.size else np.zeros(0, bool)
         if over.any():  # the S3's QACC/ACCX lanes saturate (esp-dl tools/agents/skills/esp32s3-pie-simd)
+            peak = np.abs(flat).max(axis=0)
             ch = int(np.argmax(np.where(over, peak, -1)))
             notes.append(Note(node.name, f"accumulator reaches {int(peak[ch])} on channel {ch}, beyond its "
                                          f"{int(prep['lane_bits'][ch])}-bit ESP32-S3 lane, which saturates "
                                          f"(the interpreter clips the final sum; the chip clips while summing)"))
-            half = np.int64(1) << (prep["lane_bits"] - 1)
-            acc = np.clip(acc, -half, half - 1)
+            if not self.wide_accumulators:
+                acc = np.clip(acc, -half, half - 1)
         shift = out_exp - x_exp - prep["w_exp"]
         if shift < 0:
             notes.append(Note(node.name, f"negative mac_shift {shift}: esp-ppq warns ESP-DL mis-computes this"))
