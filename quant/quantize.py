@@ -65,8 +65,8 @@ def import_esp_ppq():
 # ----------------------------------------------------------------------------- ONNX preparation
 
 
-def relu6_to_relu(model) -> int:
-    """Replace every Clip(min=0, max=6) node by Relu, in place; returns how many were replaced."""
+def relu6_nodes(model) -> list[str]:
+    """Names of the Clip(min=0, max=6) nodes (how ReLU6 exports)."""
     from onnx import numpy_helper
 
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -85,9 +85,16 @@ def relu6_to_relu(model) -> int:
                 return float(a.f)
         return None
 
+    return [n.name for n in model.graph.node
+            if n.op_type == "Clip" and bound(n, 1, "min") == 0.0 and bound(n, 2, "max") == 6.0]
+
+
+def relu6_to_relu(model, only: set[str] | None = None) -> int:
+    """Replace the Clip(min=0, max=6) nodes (all, or those named in `only`) by Relu, in place; returns the count."""
+    names = set(relu6_nodes(model))
     count = 0
     for node in model.graph.node:
-        if node.op_type == "Clip" and bound(node, 1, "min") == 0.0 and bound(node, 2, "max") == 6.0:
+        if node.name in names and (only is None or node.name in only):
             del node.input[1:]
             del node.attribute[:]
             node.op_type = "Relu"
@@ -95,14 +102,59 @@ def relu6_to_relu(model) -> int:
     return count
 
 
-def prepare_onnx(src: Path, spec: VariantSpec, dst: Path) -> int:
-    """Write the working ONNX for `spec` to dst; returns the number of ReLU6 nodes replaced."""
+SWAP_IMAGES = 64  # calibration images the float effect of each ReLU6 swap is measured on
+
+
+def _float_logits(model, x: np.ndarray, input_name: str) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {input_name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def budgeted_swap(model, x: np.ndarray, input_name: str, budget: float) -> tuple[set[str], list[dict]]:
+    """Which ReLU6 to replace: measure each swap alone (float logits noise/signal vs the original on x),
+    then add them from the least harmful while the combined change stays within `budget`."""
+    import copy
+
+    names = relu6_nodes(model)
+    reference = _float_logits(model, x, input_name)
+    alone = []
+    for n in names:
+        m = copy.deepcopy(model)
+        relu6_to_relu(m, {n})
+        alone.append({"op": n, "float_noise_signal": noise_signal(_float_logits(m, x, input_name), reference)})
+    alone.sort(key=lambda r: (r["float_noise_signal"], names.index(r["op"])))
+    chosen: set[str] = set()
+    for r in alone:
+        m = copy.deepcopy(model)
+        relu6_to_relu(m, chosen | {r["op"]})
+        combined = noise_signal(_float_logits(m, x, input_name), reference)
+        r["swapped"] = combined <= budget
+        if r["swapped"]:
+            chosen.add(r["op"])
+            r["combined_float_noise_signal"] = combined
+    return chosen, alone
+
+
+def prepare_onnx(src: Path, spec: VariantSpec, calib_x: np.ndarray, input_name: str) -> tuple[bytes, dict | None]:
+    """The working ONNX for `spec` (bytes) and a record of the ReLU6 policy applied (None for 'keep')."""
     import onnx
 
     model = onnx.load(str(src))
-    replaced = relu6_to_relu(model) if spec.relu6 == "to_relu" else 0
-    onnx.save(model, str(dst))
-    return replaced
+    if spec.relu6 == "keep":
+        return model.SerializeToString(), None
+    record = {"policy": spec.relu6, "float_budget": spec.relu6_float_budget, "relu6_nodes": len(relu6_nodes(model))}
+    only = None
+    if spec.relu6_float_budget is not None:
+        x = calib_x[:SWAP_IMAGES]
+        only, record["measured"] = budgeted_swap(model, x, input_name, spec.relu6_float_budget)
+        record["measured_on"] = f"first {len(x)} calibration images, float logits noise/signal vs the original model"
+    record["replaced_by_relu"] = relu6_to_relu(model, only)
+    return model.SerializeToString(), record
 
 
 # ----------------------------------------------------------------------------- data
@@ -121,19 +173,22 @@ class Inputs:
     output_names: tuple[str, ...] = ("logits",)
     _float_cache: dict = field(default_factory=dict, repr=False)
 
-    def float_outputs(self, key: str) -> np.ndarray:
-        """Float model (onnxruntime, original ONNX) first output on 'calib' | 'heldout'."""
-        if key not in self._float_cache:
+    def float_outputs(self, key: str, model: bytes | None = None) -> np.ndarray:
+        """First output of a float model (default: the original ONNX; onnxruntime) on 'calib' | 'heldout'."""
+        cache_key = (key, None if model is None else hash(model))
+        if cache_key not in self._float_cache:
             import onnxruntime as ort
 
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
-            sess = ort.InferenceSession(str(self.onnx), opts, providers=["CPUExecutionProvider"])
+            opts.log_severity_level = 3
+            sess = ort.InferenceSession(str(self.onnx) if model is None else model, opts,
+                                        providers=["CPUExecutionProvider"])
             x = self.calib_x if key == "calib" else self.heldout_x
-            self._float_cache[key] = np.concatenate(
+            self._float_cache[cache_key] = np.concatenate(
                 [sess.run(None, {self.input_name: x[i : i + 1]})[0] for i in range(len(x))]
             )
-        return self._float_cache[key]
+        return self._float_cache[cache_key]
 
 
 # ----------------------------------------------------------------------------- attempts
@@ -154,7 +209,6 @@ class Attempt:
     cosine: float
     seconds: float
     equalization_pairs: list = field(default_factory=list)
-    relu6_replaced: int = 0
     ranking: list | None = None  # grouped sensitivity, filled on demand by Session.ranking
 
     @property
@@ -199,12 +253,18 @@ class Session:
         self.inputs = inputs
         self.workdir = Path(workdir)
         self._attempts: dict[tuple, Attempt] = {}
+        self._prepared: dict[str, tuple[bytes, dict | None]] = {}
         import torch
 
         # one thread: the same float summation order on every machine (byte-identical files), and no
         # OpenMP spin-waiting when the cores are shared (measured 5x faster under load on 2 cores)
         torch.set_num_threads(1)
         import_esp_ppq()
+
+    def prepared(self, spec: VariantSpec) -> tuple[bytes, dict | None]:
+        if spec.relu6 not in self._prepared:
+            self._prepared[spec.relu6] = prepare_onnx(self.inputs.onnx, spec, self.inputs.calib_x, self.inputs.input_name)
+        return self._prepared[spec.relu6]
 
     # -- one esp-ppq call
     def quantize(self, spec: VariantSpec, observer: str, int16_ops: tuple[str, ...] = ()) -> Attempt:
@@ -218,7 +278,7 @@ class Session:
         folder = self.workdir / f"attempt{len(self._attempts):02d}"
         folder.mkdir(parents=True)
         onnx_path = folder / "work.onnx"  # espdl_quantize_onnx overwrites its input: always a copy
-        replaced = prepare_onnx(self.inputs.onnx, spec, onnx_path)
+        onnx_path.write_bytes(self.prepared(spec)[0])
 
         setting = QuantizationSettingFactory.espdl_setting()
         setting.quantize_activation_setting.calib_algorithm = observer
@@ -266,7 +326,7 @@ class Session:
         q = run_graph(TorchExecutor(graph=graph, device="cpu"), x[:MEASURE_IMAGES])
         f = self.inputs.float_outputs("calib")[:MEASURE_IMAGES]
         attempt = Attempt(observer, tuple(sorted(int16_ops)), folder, graph, noise_signal(q, f), cosine(q, f),
-                          seconds, pairs, replaced)
+                          seconds, pairs)
         self._attempts[key] = attempt
         return attempt
 
@@ -349,9 +409,12 @@ class Session:
         if spec.sensitivity:
             chosen, sensitivity = self.search_int16(spec, chosen)
         equalization = None
-        if spec.equalization or spec.relu6 == "to_relu":
+        relu6 = self.prepared(spec)[1]
+        if relu6 is not None:
+            relu6["float_top1_after_swap"] = self.float_top1(self.prepared(spec)[0])
+        if spec.equalization or relu6 is not None:
             equalization = {
-                "relu6_replaced_by_relu": chosen.relu6_replaced,
+                "relu6": relu6,
                 "settings": None if spec.equalization is None else {
                     "iterations": spec.equalization.iterations,
                     "value_threshold": spec.equalization.value_threshold,
@@ -361,6 +424,11 @@ class Session:
                 "pair_list": chosen.equalization_pairs,
             }
         return Result(spec, chosen, calibration, sensitivity, equalization)
+
+    def float_top1(self, model: bytes) -> float:
+        """Held-out top-1 of a float ONNX model (e.g. after the ReLU6 swap), onnxruntime."""
+        f = self.inputs.float_outputs("heldout", model)
+        return float(np.mean(f.reshape(len(f), -1).argmax(1) == self.inputs.heldout_y))
 
     # -- metrics on the final graph
     def heldout_metrics(self, attempt: Attempt) -> dict:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 # activation observers esp-ppq offers that we are willing to measure; "kl" is deliberately not
 # among the defaults (docs: it clipped a ReLU6 at 0.5 and took accuracy from 100 % to 24 %).
 OBSERVERS = ("percentile", "minmax", "mse", "kl")
+# what to do with ReLU6 (exported as Clip(0,6)) on the ONNX graph: keep it, or replace it by Relu
+RELU6_POLICIES = ("keep", "to_relu")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,10 @@ class VariantSpec:
     name: str
     summary: str
     bits: int = 8  # default bit width of every layer
-    relu6: str = "keep"  # "keep" | "to_relu" (Clip(0,6) -> Relu on the ONNX graph)
+    relu6: str = "keep"  # one of RELU6_POLICIES
+    # with "to_relu": None replaces every ReLU6; a number replaces them from the least harmful while the
+    # float model's logits change by at most this noise/signal (measured: a ReLU6-trained net clips above 6)
+    relu6_float_budget: float | None = None
     calibration: Calibration = Calibration()
     equalization: Equalization | None = None
     sensitivity: SensitivitySearch | None = None
@@ -72,8 +77,10 @@ class VariantSpec:
     tolerance: Tolerance = Tolerance()
 
     def __post_init__(self) -> None:
-        if self.relu6 not in ("keep", "to_relu"):
-            raise ValueError(f"relu6 policy must be 'keep' or 'to_relu', not {self.relu6!r}")
+        if self.relu6_float_budget is not None and self.relu6 != "to_relu":
+            raise ValueError("relu6_float_budget applies only to relu6='to_relu'")
+        if self.relu6 not in RELU6_POLICIES:
+            raise ValueError(f"relu6 policy must be one of {RELU6_POLICIES}, not {self.relu6!r}")
         if self.bits not in (8, 16):
             raise ValueError(f"bits must be 8 or 16, not {self.bits}")
         unknown = set(self.calibration.candidates) - set(OBSERVERS)
@@ -104,8 +111,9 @@ VARIANTS: dict[str, VariantSpec] = {
     ),
     "balanced": VariantSpec(
         name="balanced",
-        summary="ReLU6 -> ReLU, then layerwise weight equalization, 8-bit",
+        summary="ReLU6 -> ReLU (within a measured float budget), then layerwise weight equalization, 8-bit",
         relu6="to_relu",
+        relu6_float_budget=0.002,
         equalization=Equalization(iterations=4, value_threshold=0.4, opt_level=2),
         floor_drop_points=0.5,
     ),

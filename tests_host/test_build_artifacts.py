@@ -88,5 +88,8 @@ def test_mixed_beats_int8_with_its_top_group_in_16_bit():
 def test_balanced_swapped_relu6_and_equalized_pairs():
     _, meta, _ = load("balanced")
     e = meta["equalization"]
-    assert e["relu6_replaced_by_relu"] > 0 and e["pairs"] == len(e["pair_list"]) > 0
+    r = e["relu6"]
+    assert r["replaced_by_relu"] == sum(m["swapped"] for m in r["measured"]) > 0
+    assert max(m.get("combined_float_noise_signal", 0) for m in r["measured"]) <= r["float_budget"]
+    assert e["pairs"] == len(e["pair_list"]) > 0
     assert e["settings"] == {"iterations": 4, "value_threshold": 0.4, "opt_level": 2}

@@ -78,3 +78,9 @@ def test_latency_model_reproduces_published_mobilenetv2_macs():
     # MobileNetV2 paper / torchvision: (1.0, 224) costs 300 M multiply-adds
     assert abs(mobilenetv2_macs(1.0, 224, 1000) - 300e6) / 300e6 < 0.01
     assert 30e6 < mobilenetv2_macs(0.5, 128, 11) < 33e6
+
+
+def test_a_relu6_float_budget_needs_the_swap_policy():
+    with pytest.raises(ValueError, match="relu6_float_budget"):
+        variants.VariantSpec(name="x", summary="x", relu6="keep", relu6_float_budget=0.01)
+    assert variants.VARIANTS["balanced"].relu6_float_budget > 0
