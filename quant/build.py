@@ -177,13 +177,13 @@ def check_data(args, n_outputs: int):
     else:
         user = data.load_image_folder(args.data)
         classes = user[2]
+    if n_outputs and n_outputs != len(classes):
+        raise UserError(f"the model has {n_outputs} outputs but the data has {len(classes)} classes "
+                        f"({', '.join(classes)}); pass --data with one sub-folder per model class")
     calib_n = calib_count(args, user)
     if calib_n < MIN_CALIB_STEPS:
         where = "" if user is None else f" (the data folder has {len(user[0])} images; add images or pass --calib)"
         raise UserError(f"{calib_n} calibration images are too few; esp-ppq needs at least {MIN_CALIB_STEPS}{where}")
-    if n_outputs and n_outputs != len(classes):
-        raise UserError(f"the model has {n_outputs} outputs but the data has {len(classes)} classes "
-                        f"({', '.join(classes)}); pass --data with one sub-folder per model class")
     return user, classes
 
 

@@ -106,3 +106,8 @@ def test_class_count_must_match_the_model(tmp_path):
             cv2.imwrite(str(tmp_path / "data" / name / f"{i}.png"), np.full((20, 30), 40 * i, np.uint8))
     proc = build("--onnx", str(model), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"))
     assert_user_error(proc, "3 outputs", "2 classes", out=tmp_path / "o")
+
+
+def test_too_few_calibration_images(tmp_path, good_onnx):
+    assert_user_error(build("--onnx", str(good_onnx), "--calib", "3", "--out", str(tmp_path / "o")),
+                      "3 calibration images are too few", "at least 8", out=tmp_path / "o")
