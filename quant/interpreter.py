@@ -162,6 +162,11 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int
     return as_strided(x, shape=(ho, wo, kh, kw, c), strides=(s0 * sh, s1 * sw, s0 * dh, s1 * dw, s2), writeable=False)
 
 
+def _q(t) -> QTensor:
+    """An operand as a QTensor (initializers arrive as espdl.Tensor with flat data)."""
+    return QTensor(t.array(), t.exponent, t.dtype) if isinstance(t, Tensor) else t
+
+
 def _to_4d(data: np.ndarray) -> np.ndarray:
     if data.ndim == 4:
         return data
@@ -426,10 +431,21 @@ class Interpreter:
         return [QTensor(saturate(round_half_up_float(y), out_dtype), out_exp, out_dtype)]
 
     def _op_Sigmoid(self, node, args, notes):
-        return self._float_activation(node, args, lambda v: 1.0 / (1.0 + np.exp(-v)))
+        return self._float_activation(node, args, _sigmoid)
 
-    def _op_Tanh(self, node, args, notes):
-        return self._float_activation(node, args, np.tanh)
+    def _op_Tanh(self, node, args, notes):  # dl_math.hpp: tanh(x) = 2 * sigmoid(2x) - 1
+        return self._float_activation(node, args, lambda v: 2 * _sigmoid(2 * v) - 1)
+
+    def _op_Exp(self, node, args, notes):
+        return self._float_activation(node, args, np.exp)
+
+    def _op_Log(self, node, args, notes):
+        return self._float_activation(node, args, np.log)
+
+    def _op_Sqrt(self, node, args, notes):
+        return self._float_activation(node, args, np.sqrt)
+
+    _op_Gelu = _op_LUT  # ESP-DL registers Gelu as a LUT module (int8 and int16)
 
     def _op_HardSigmoid(self, node, args, notes):
         a, b = node.attributes.get("alpha", 0.2), node.attributes.get("beta", 0.5)
@@ -451,20 +467,28 @@ class Interpreter:
             notes.append(Note(node.name, f"{what} with exponents {sorted(exps)} -> {out_exp}: ESP-DL uses raw ints"))
 
     def _op_Add(self, node, args, notes):
-        a, b = args[0], args[1]
+        a, b = _q(args[0]), _q(args[1])
         out_exp, out_dtype = self._out_meta(node)
         self._same_exponents(node, [a, b], out_exp, notes, "Add")
         y = a.data.astype(np.int64) + b.data.astype(np.int64)
         return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
+    def _op_Sub(self, node, args, notes):
+        a, b = _q(args[0]), _q(args[1])
+        out_exp, out_dtype = self._out_meta(node)
+        self._same_exponents(node, [a, b], out_exp, notes, "Sub")
+        y = a.data.astype(np.int64) - b.data.astype(np.int64)
+        return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
+
     def _op_Mul(self, node, args, notes):
-        a, b = args[0], args[1]
+        a, b = _q(args[0]), _q(args[1])
         out_exp, out_dtype = self._out_meta(node)
         y = shift_round(a.data.astype(np.int64) * b.data.astype(np.int64), out_exp - a.exponent - b.exponent)
         return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
     def _op_Concat(self, node, args, notes):
         out_exp, out_dtype = self._out_meta(node)
+        args = [_q(t) for t in args]
         self._same_exponents(node, args, out_exp, notes, "Concat")
         axis = int(node.attributes.get("axis", -1))
         y = np.concatenate([t.data for t in args], axis=axis)
@@ -605,6 +629,11 @@ class Interpreter:
     def _op_GlobalAveragePool(self, node, args, notes):
         data = _to_4d(args[0].data)
         return [self._average(node, args[0], list(data.shape[1:3]), notes)]
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    """dl_math.hpp: 1.0 / (1.0 + expf(-x)) (expf in float, the division in double)."""
+    return (1.0 / (1.0 + np.exp(-v.astype(np.float32)).astype(np.float64))).astype(np.float32)
 
 
 def supported_ops() -> list[str]:

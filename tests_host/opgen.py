@@ -137,6 +137,7 @@ def _cases() -> list[Case]:
     c.append(Case("conv_maxpool_avgpool_s8", _seq(nn.Conv2d(16, 16, 1), nn.MaxPool2d(2), nn.AvgPool2d(2)), (1, 16, 8, 8)))
     c.append(Case("conv_maxpool_avgpool_s16", _seq(nn.Conv2d(8, 8, 1), nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(2)), (1, 8, 9, 9), 16))
     c.append(Case("sigmoid_mul_s8", lambda: _Lambda(lambda x: x * torch.sigmoid(x)), (1, 16, 4, 4)))
+    c.append(Case("tanh_sigmoid_sub_s16", lambda: _Lambda(lambda x: torch.tanh(x) - torch.sigmoid(x)), (1, 16, 4, 4), 16))
     c.append(Case("concat_transpose_s8",
                   lambda: _Lambda(lambda x: torch.cat([x, x * 0.5], 1).permute(0, 2, 3, 1).reshape(1, -1)),
                   (1, 8, 3, 3)))
