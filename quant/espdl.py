@@ -385,7 +385,11 @@ def describe(model: EspdlModel, values: bool = False) -> str:
         attrs = "  ".join(f"{k}={_fmt_attr(v)}" for k, v in sorted(n.attributes.items()))
         lines.append(f"  [{i:3d}] {n.op_type:<18} {n.name}")
         lines.append(f"        in  {n.inputs}")
-        lines.append(f"        out {n.outputs}")
+        outs = []
+        for o in n.outputs:
+            v = model.values.get(o)
+            outs.append(f"{o} ({v.dtype} {list(v.shape or ())} exp {v.exponent})" if v else o)
+        lines.append(f"        out {', '.join(outs)}")
         if attrs:
             lines.append(f"        {attrs}")
     lines += ["", f"initializers: {len(model.initializers)}"]
