@@ -106,7 +106,7 @@ VARIANTS: dict[str, VariantSpec] = {
     "mixed": VariantSpec(
         name="mixed",
         summary="8-bit, with the measurably most sensitive layer groups (and their consumers) 16-bit",
-        sensitivity=SensitivitySearch(target_noise_signal=0.0005, max_int16_ops=8),
+        sensitivity=SensitivitySearch(target_noise_signal=0.002, max_int16_ops=24),
         floor_drop_points=0.3,
     ),
     "balanced": VariantSpec(
