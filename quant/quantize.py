@@ -253,7 +253,7 @@ class Session:
         self.inputs = inputs
         self.workdir = Path(workdir)
         self._attempts: dict[tuple, Attempt] = {}
-        self._prepared: dict[str, tuple[bytes, dict | None]] = {}
+        self._prepared: dict[tuple, tuple[bytes, dict | None]] = {}
         import torch
 
         # one thread: the same float summation order on every machine (byte-identical files), and no
@@ -262,13 +262,15 @@ class Session:
         import_esp_ppq()
 
     def prepared(self, spec: VariantSpec) -> tuple[bytes, dict | None]:
-        if spec.relu6 not in self._prepared:
-            self._prepared[spec.relu6] = prepare_onnx(self.inputs.onnx, spec, self.inputs.calib_x, self.inputs.input_name)
-        return self._prepared[spec.relu6]
+        key = (spec.relu6, spec.relu6_float_budget)
+        if key not in self._prepared:
+            self._prepared[key] = prepare_onnx(self.inputs.onnx, spec, self.inputs.calib_x, self.inputs.input_name)
+        return self._prepared[key]
 
     # -- one esp-ppq call
     def quantize(self, spec: VariantSpec, observer: str, int16_ops: tuple[str, ...] = ()) -> Attempt:
-        key = (spec.relu6, spec.equalization, spec.bits, spec.calibration, observer, tuple(sorted(int16_ops)))
+        key = (spec.relu6, spec.relu6_float_budget, spec.equalization, spec.bits, spec.calibration, observer,
+               tuple(sorted(int16_ops)))
         if key in self._attempts:
             return self._attempts[key]
         import torch
