@@ -222,8 +222,24 @@ def recover(out: Path, variant: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def replace_dir(staging: Path, target: Path) -> None:
-    """Swap staging in for target; the old folder exists until the new one is in place."""
+    """Swap staging in for target. Atomic where the OS can exchange two names; otherwise two renames,
+    with the old folder kept until the new one is in place (`recover` finishes an interrupted swap)."""
+    if target.exists() and _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old folder
+        return
     old = target.parent / f".{target.name}.old-{os.getpid()}"
     if target.exists():
         os.replace(target, old)
