@@ -144,14 +144,38 @@ def build_key(args, spec) -> str:
     return _sha(json.dumps(doc, sort_keys=True).encode())
 
 
+def info_digest(path: Path) -> str:
+    """sha256 of a .info up to its first [budgets.*] table: `quant update-budgets` rewrites the budgets
+    in place, which must neither look like damage nor trigger a rebuild."""
+    text = Path(path).read_text()
+    cut = text.find("\n[budgets.")
+    return _sha((text if cut < 0 else text[: cut + 1]).encode())
+
+
+def kept_budgets(target: Path, stem: str, espdl_sha: str) -> dict:
+    """Measured budgets of the current folder, if its .espdl is byte-identical to the new one."""
+    import tomllib
+
+    try:
+        old = json.loads((target / f"{stem}.json").read_text())
+        if old["hashes"]["espdl"] != espdl_sha:
+            return {}
+        with open(target / f"{stem}.info", "rb") as fh:
+            budgets = tomllib.load(fh)["budgets"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k: b for k, b in budgets.items() if isinstance(b, dict) and b.get("provenance") == "measured"}
+
+
 def up_to_date(folder: Path, stem: str, key: str) -> bool:
     try:
         meta = json.loads((folder / f"{stem}.json").read_text())
         hashes = meta["hashes"]
         if hashes.get("build") != key:
             return False
-        files = {"espdl": ".espdl", "info": ".info", "reference": ".reference.json", "graph_txt": ".graph.txt"}
-        return all(_sha_file(folder / f"{stem}{suffix}") == hashes[k] for k, suffix in files.items())
+        files = {"espdl": ".espdl", "reference": ".reference.json", "graph_txt": ".graph.txt"}
+        return (all(_sha_file(folder / f"{stem}{suffix}") == hashes[k] for k, suffix in files.items())
+                and info_digest(folder / f"{stem}.info") == hashes["info"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -290,6 +314,7 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
         "peak_activation_bytes": peak,
     }
     budgets = info.budgets(macs, int16, peak, params, model["espdl_bytes"], n_nodes)
+    budgets.update(kept_budgets(paths.variant_dir(spec.name, args.out), stem, espdl_sha))
     worst_source = (f"grouped sensitivity (compute op + its Clip/Relu; only that group quantized, graph output "
                     f"noise/signal vs the dequantized graph, first {ANALYSIS_IMAGES} calibration images)")
     (folder / f"{stem}.info").write_text(info.render(spec.name, quality, model, budgets, worst_source))
@@ -321,7 +346,7 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
             "heldout_data": _sha(data.heldout_x.tobytes() + data.heldout_y.tobytes()),
             "vectors": vectors_sha,
             "espdl": espdl_sha,
-            "info": _sha_file(folder / f"{stem}.info"),
+            "info": info_digest(folder / f"{stem}.info"),
             "reference": _sha_file(folder / f"{stem}.reference.json"),
             "graph_txt": _sha_file(folder / f"{stem}.graph.txt"),
             "spec": spec.digest(),

@@ -224,14 +224,11 @@ def render(variant: str, quality: dict, model: dict, budgets_: dict, worst_sourc
         "psram_bytes": "PSRAM used by the model (free before load - low water)",
         "flash_bytes": ".espdl bytes in flash (the app binary is not counted)",
     }
-    for name, b in budgets_.items():
-        lines += [
-            "",
-            f"[budgets.{name}]".ljust(40) + f" # {notes[name]}",
-            _line("value", b["value"], "the budget the target tests check against"),
-            _line("basis", b["basis"], "the estimate (or measurement) the budget was derived from"),
-            _line("headroom", b["headroom"], "value = ceil(basis * (1 + headroom))"),
-            _line("provenance", b["provenance"]),
-            _line("method", b["method"]),
-        ]
+    comments = {"value": "the budget the target tests check against",
+                "basis": "the estimate (or measurement) the budget was derived from",
+                "headroom": "value = ceil(basis * (1 + headroom))"}
+    for name in notes:
+        b = budgets_[name]
+        lines += ["", f"[budgets.{name}]".ljust(40) + f" # {notes[name]}"]
+        lines += [_line(k, v, comments.get(k, "")) for k, v in b.items()]
     return "\n".join(lines) + "\n"

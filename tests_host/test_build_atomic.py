@@ -165,3 +165,21 @@ def test_an_interrupted_swap_is_recovered(tmp_path):
     (staging / "a").write_text("new")
     qbuild.replace_dir(staging, target)
     assert (target / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [STEM]
+
+
+@needs_float_model
+def test_measured_budgets_survive_and_do_not_make_the_folder_stale(first_build, images, tmp_path):
+    import json
+    import shutil
+
+    from quant.budgets import rewrite_budgets
+
+    shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
+    info = tmp_path / STEM / f"{STEM}.info"
+    measured = {"value": 999, "basis": 900, "headroom": 0.11, "provenance": "measured", "method": "board=test"}
+    info.write_text(rewrite_budgets(info.read_text(), {"latency_us": measured}))
+    key = json.loads((tmp_path / STEM / f"{STEM}.json").read_text())["hashes"]["build"]
+    assert qbuild.up_to_date(tmp_path / STEM, STEM, key)
+    espdl_sha = qbuild._sha_file(tmp_path / STEM / f"{STEM}.espdl")
+    assert qbuild.kept_budgets(tmp_path / STEM, STEM, espdl_sha) == {"latency_us": measured}
+    assert qbuild.kept_budgets(tmp_path / STEM, STEM, "0" * 64) == {}  # another model: estimates again
