@@ -145,6 +145,10 @@ def prepare_onnx(src: Path, spec: VariantSpec, calib_x: np.ndarray, input_name: 
     import onnx
 
     model = onnx.load(str(src))
+    inits = {t.name for t in model.graph.initializer}
+    for graph_input in model.graph.input:
+        if graph_input.name not in inits:
+            graph_input.type.tensor_type.shape.dim[0].dim_value = 1  # a dynamic batch becomes 1 (esp-ppq needs it)
     if spec.relu6 == "keep":
         return model.SerializeToString(), None
     record = {"policy": spec.relu6, "float_budget": spec.relu6_float_budget, "relu6_nodes": len(relu6_nodes(model))}

@@ -111,3 +111,10 @@ def test_class_count_must_match_the_model(tmp_path):
 def test_too_few_calibration_images(tmp_path, good_onnx):
     assert_user_error(build("--onnx", str(good_onnx), "--calib", "3", "--out", str(tmp_path / "o")),
                       "3 calibration images are too few", "at least 8", out=tmp_path / "o")
+
+
+def test_a_dynamic_batch_dimension_is_accepted(tmp_path):
+    from quant.build import check_onnx
+
+    path = tiny_onnx(tmp_path / "dyn.onnx", ("N", 1, 96, 96))
+    assert check_onnx(path) == ("image", ("logits",), 8)
