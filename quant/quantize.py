@@ -323,8 +323,7 @@ class Session:
                 export_config=True,
                 export_test_values=True,
                 test_output_names=list(self.inputs.output_names),
-                verbose=0,
-                metadata_props={"variant": spec.name},
+                verbose=0,  # no metadata_props: attempts are shared between specs (int8 and mixed)
             )
         seconds = time.perf_counter() - start
         from esp_ppq.executor import TorchExecutor
