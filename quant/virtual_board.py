@@ -691,7 +691,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    app = App(load_variant(args.variant, args.models, args.source), args.fault, args.runs)
+    app = App(load_variant(args.variant, args.models, args.source, args.fault), args.fault, args.runs)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # unplugging the board is not an error
         signal.signal(sig, lambda *_: sys.exit(0))
     _die_with_parent(args.parent_pid)
@@ -732,12 +732,20 @@ class VirtualBoard:
         self.stop()
 
 
+SOURCE_ENV = "QUANT_VIRTUAL_BOARD_SOURCE"  # auto | interpreter | reference, for start()'s default
+
+
 def start(variant: str, *, fault: str | None = None, models_dir: Path = MODELS, runs: int = 10,
-          source: str = "auto", timeout_s: float = 10.0) -> VirtualBoard:
-    """Start a virtual board process for `variant` (with `fault`) and return once its port exists."""
+          source: str | None = None, timeout_s: float = 10.0) -> VirtualBoard:
+    """Start a virtual board process for `variant` (with `fault`) and return once its port exists.
+
+    `source` defaults to $QUANT_VIRTUAL_BOARD_SOURCE, else "auto" (the interpreter when available)."""
     fault = fault or "none"
     if fault not in FAULTS:
         raise UserError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+    source = source or os.environ.get(SOURCE_ENV) or "auto"
+    if source not in ("auto", "interpreter", "reference"):
+        raise UserError(f"{SOURCE_ENV}={source!r} is unknown; use auto, interpreter or reference")
     workdir = tempfile.TemporaryDirectory(prefix="vboard-")
     pty_file = Path(workdir.name) / "port"
     log = open(Path(workdir.name) / "stderr.txt", "w+b")  # noqa: SIM115  (read on failure)

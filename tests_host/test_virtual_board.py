@@ -16,7 +16,7 @@ import serial
 
 from quant import virtual_board as vb
 from quant.errors import UserError
-from quant.paths import REPO
+from quant.paths import REPO, variant_file
 from quant.protocol import parse_transcript
 
 from vboard_fixtures import BUDGETS, VARIANT, VECTORS, make_models
@@ -234,3 +234,19 @@ def test_the_board_exits_when_its_parent_dies(models, tmp_path):
 def test_selftest_passes_only_when_the_embedded_test_output_matches(tmp_path):
     assert parse_transcript(transcript(make_models(tmp_path / "a"))).selftest == "pass"
     assert parse_transcript(transcript(make_models(tmp_path / "b", embedded_delta=1))).selftest == "fail"
+
+
+@pytest.mark.skipif(not variant_file(VARIANT, ".espdl").exists(), reason="the committed models are missing: run `quant build`")
+def test_a_layer_fault_board_computes_every_output_from_the_broken_layer():
+    """Through the process and the pty, on the committed model, with the host interpreter."""
+    clean = vb.load_variant(VARIANT, source="interpreter")
+    with vb.start(VARIANT, fault="layer_fault", source="interpreter") as board:
+        with serial.Serial(board.port, 115200, timeout=0.2) as port:
+            port.write(b"reset\n")
+            boot = _read_until(port, b"READY")
+            port.write(b"run\n")
+            run = parse_transcript(boot + _read_until(port, b"END", timeout=20))
+    assert run.problems() == [] and run.boot["source"] == "interpreter"
+    for vec in range(len(clean.reference)):
+        want = clean.outputs(vec)[0]
+        assert (run.tensors[vec][want.name].data.reshape(-1) != want.data).any(), f"vector {vec} unchanged"
