@@ -167,6 +167,8 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
             for o in reference["outputs"]
         ]
         inp = config["input"]
+        if not ref_outputs or not all(ref_outputs):
+            raise ValueError("no vectors")
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{ref_path} or {json_path} does not follow docs/contracts.md; rebuild with `quant build`") from None
     lat = _budget(info, "latency_us", info_path)
