@@ -134,7 +134,10 @@ def markdown_table(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for v, e in report["variants"].items():
-        board = "virtual" if e["board"] == "virtual" else "chip"
+        board = "chip"
+        if e["board"] == "virtual":  # where its outputs come from: the .espdl interpreter, or the stored reference
+            source = (e.get("identity") or {}).get("source")
+            board = f"virtual ({source})" if source else "virtual"
         rows.append(
             f"| {v} | {board} | {_cell_test(e, 'test_outputs_match_simulator')} "
             f"| {_cell_test(e, 'test_model_hash_matches_committed_espdl')} | {_cell_test(e, 'test_selftest_passed')} "
