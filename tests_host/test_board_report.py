@@ -16,7 +16,7 @@ PASSED = {name: ("passed", "") for name in ("test_outputs_match_simulator", "tes
 
 @pytest.fixture
 def models(tmp_path):
-    return make_models(tmp_path / "models", ("int8", "mixed"))
+    return make_models(tmp_path / "models")
 
 
 def outcome(models, variant, board="chip", **kw):
@@ -29,13 +29,14 @@ def outcome(models, variant, board="chip", **kw):
 def test_a_chip_run_reports_identity_verdicts_and_budgets(models, tmp_path, monkeypatch):
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    outcomes = {"mixed": outcome(models, "mixed", med_us=(12000, 15000, 11000, 12100)), "int8": outcome(models, "int8")}
-    results = {"int8": PASSED, "mixed": dict(PASSED, test_latency_within_budget=("failed", "mixed: latency ... over"))}
+    outcomes = {"mixed": outcome(models, "mixed", med_us=(12000, 15000, 11000, 12100)),
+                "balanced": outcome(models, "balanced"), "int8": outcome(models, "int8")}
+    results = {"int8": PASSED, "balanced": PASSED, "mixed": dict(PASSED, test_latency_within_budget=("failed", "mixed: latency ... over"))}
     paths = write_run_report(tmp_path / "run", outcomes, results, created="2026-11-29T18:00:00Z")
     assert [p.name for p in paths] == ["report.md", "report.json", "report.png"]
     doc = json.loads((tmp_path / "run" / "report.json").read_text())
     assert doc["kind"] == "target-run" and doc["board"] == "chip" and doc["passed"] is False
-    assert list(doc["variants"]) == ["int8", "mixed"]  # variant order, not arrival order
+    assert list(doc["variants"]) == ["int8", "mixed", "balanced"]  # variant order, not arrival or alphabetical
     mixed = doc["variants"]["mixed"]
     assert mixed["identity"]["idf"] == "v5.3.1" and mixed["model"]["matches"] is True
     assert mixed["outputs"]["verdict"] == "match" and mixed["selftest"] == "pass"
