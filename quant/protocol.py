@@ -596,10 +596,10 @@ class Session:
             self._count_protocol_line()
             run.unknown.append(BadLine(n, raw, rec.tag))
             return
-        self._open_reset = None
         if rec.tag == "BOOT":
-            self._boot(rec)
+            self._boot(rec)  # consumes an open reset: one event, reported once
             return
+        self._open_reset = None
         if run.boot is None:
             run.pre_boot.append(BadLine(n, raw, rec.tag))
             return
