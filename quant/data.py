@@ -130,9 +130,11 @@ def _draw_hand(pen: _Pen, name: str, rng: np.random.Generator) -> None:
         pen.capsule(x, y + 0.1, 40.0 + jitter(10.0), 0.40, _THUMB_WIDTH)  # folded across the palm
 
 
-def _clutter(img: np.ndarray, rng: np.random.Generator, bg: float) -> None:
+def _clutter(img: np.ndarray, rng: np.random.Generator, bg: float, fg: float) -> None:
+    """Up to six shapes, either polarity, but never closer to the hand's level than to the background's."""
+    toward_hand = math.copysign(1.0, fg - bg)
     for _ in range(int(rng.integers(0, 7))):
-        level = float(np.clip(bg + rng.uniform(-0.3, 0.3), 0.0, 1.0))
+        level = float(np.clip(bg + toward_hand * rng.uniform(-0.3, 0.5 * abs(fg - bg)), 0.0, 1.0))
         kind = int(rng.integers(3))
         p = rng.uniform(0, SIZE, 4)
         if kind == 0:
@@ -152,7 +154,12 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
     gx, gy = rng.uniform(-0.25, 0.25, 2)
     ramp = np.linspace(-0.5, 0.5, SIZE, dtype=np.float32)
     img = (bg + gx * ramp[None, :] + gy * ramp[:, None]).astype(np.float32)
-    _clutter(img, rng, bg)
+    # hand level: clearly apart from the background, either darker or brighter
+    fg = bg + float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.35, 0.8))
+    if fg < 0.0 or fg > 1.0:
+        fg = bg - (fg - bg)
+    fg = float(np.clip(fg, 0.0, 1.0))
+    _clutter(img, rng, bg, fg)
     # hand mask: pose (rotation, mirror), scale and position
     mask = np.zeros((SIZE, SIZE), np.uint8)
     scale = float(rng.uniform(18.0, 25.0))
@@ -162,20 +169,15 @@ def render(label: int, rng: np.random.Generator) -> np.ndarray:
     offset = np.array([0.45 * scale * math.sin(a), -0.45 * scale * math.cos(a)])
     centre = np.array([SIZE / 2, SIZE / 2]) - offset + rng.uniform(-7.0, 7.0, 2)
     _draw_hand(_Pen(mask, centre, scale, angle, bool(rng.random() < 0.5)), name, rng)
-    if rng.random() < 0.25:  # outline only instead of a filled silhouette
-        k = int(rng.integers(2, 4))
+    if rng.random() < 0.15:  # outline only instead of a filled silhouette
+        k = int(rng.integers(3, 5))
         mask = cv2.subtract(mask, cv2.erode(mask, np.ones((k, k), np.uint8)))
     m = mask.astype(np.float32) / 255.0
-    # hand level: clearly apart from the background, either darker or brighter, slightly shaded
-    fg = bg + float(rng.choice([-1.0, 1.0])) * float(rng.uniform(0.35, 0.8))
-    if fg < 0.0 or fg > 1.0:
-        fg = bg - (fg - bg)
-    fg = float(np.clip(fg, 0.0, 1.0))
     shade = fg + float(rng.uniform(-0.1, 0.1)) * ramp[None, :]
     img = img * (1.0 - m) + shade * m
     if rng.random() < 0.6:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.3, 1.0)))
-    img = img + rng.normal(0.0, float(rng.uniform(0.0, 0.06)), img.shape).astype(np.float32)
+    img = img + float(rng.uniform(0.0, 0.06)) * rng.standard_normal(img.shape, dtype=np.float32)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 

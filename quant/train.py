@@ -12,8 +12,8 @@ from pathlib import Path
 
 from quant.paths import FLOAT_ONNX
 
-DEFAULT_EPOCHS = 8
-DEFAULT_IMAGES = 10000
+DEFAULT_EPOCHS = 6
+DEFAULT_IMAGES = 20000
 DEFAULT_SEED = 0
 BATCH = 64
 LR = 5e-3
@@ -82,7 +82,9 @@ def run(args) -> int:
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     hx, hy = data.heldout(HELDOUT_IMAGES)
 
-    model = build_model(len(data.CLASSES))
+    # channels-last runs the depthwise convolutions about 1.6x faster on the CPU
+    cl = torch.channels_last
+    model = build_model(len(data.CLASSES)).to(memory_format=cl)
     steps_per_epoch = (len(x) + BATCH - 1) // BATCH
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=args.epochs * steps_per_epoch, pct_start=0.15)
@@ -101,7 +103,7 @@ def run(args) -> int:
         total, correct, loss_sum = 0, 0, 0.0
         for step in range(steps_per_epoch):
             idx = order[step * BATCH : (step + 1) * BATCH]
-            xb, yb = x[idx], y[idx]
+            xb, yb = x[idx].contiguous(memory_format=cl), y[idx]
             logits = model(xb)
             loss = loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
@@ -123,7 +125,7 @@ def run(args) -> int:
     seconds = time.time() - t0
 
     top1 = heldout_top1()
-    export_onnx(model, out)
+    export_onnx(model.to(memory_format=torch.contiguous_format), out)
     ort_top1 = evaluate_onnx(out, hx, hy)
     if abs(ort_top1 - top1) > 1.0 / len(hy) + 1e-9:
         raise RuntimeError(f"onnxruntime top-1 {ort_top1:.4f} disagrees with PyTorch {top1:.4f}")
