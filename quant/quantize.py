@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quant.sensitivity import ANALYSIS_IMAGES, consumers, cosine, groups, noise_signal, rank, run_graph
+from quant.sensitivity import ANALYSIS_IMAGES, consumers, cosine, groups, join_inputs, noise_signal, rank, run_graph
 from quant.variants import VariantSpec
 
 TARGET = "esp32s3"
@@ -363,12 +363,14 @@ class Session:
     # -- stage 3: greedy grouped 16-bit promotion
     def search_int16(self, spec: VariantSpec, base: Attempt) -> tuple[Attempt, dict]:
         """Walk the base ranking (one group quantized at a time, so it does not depend on which other groups
-        are 16-bit): promote each group and its consumers, re-quantize, until the target or the cap."""
+        are 16-bit): promote each group, its consumers and, for an op joining several inputs (Add), every
+        input's producer; re-quantize; keep the step only if the output error fell (the first step is always
+        kept); stop at the target, the cap, or after `max_rejected_steps` rejected steps in a row."""
         s = spec.sensitivity
         ranking = self.ranking(base)
         all_groups = groups(base.graph)
         by_name = {g.name: g for g in all_groups}
-        current, promoted, steps = base, [], []
+        current, promoted, steps, rejected = base, [], [], 0
         stop = "every group promoted"
         for top in ranking:
             if set(top["ops"]) <= set(promoted):
@@ -378,16 +380,27 @@ class Session:
             if s.promote_consumers:
                 for g in consumers(base.graph, group, all_groups):
                     new += list(g.ops)
+            for g in join_inputs(base.graph, new, all_groups):
+                new += list(g.ops)
             new = [n for n in dict.fromkeys(new) if n not in promoted]
             if promoted and len(promoted) + len(new) > s.max_int16_ops:
                 stop = f"cap of {s.max_int16_ops} int16 ops"
                 break
-            promoted += new
-            current = self.quantize(spec, base.observer, tuple(promoted))
+            trial = self.quantize(spec, base.observer, tuple(promoted + new))
+            accepted = not promoted or trial.noise_signal < current.noise_signal
             steps.append({"group": top["group"], "group_noise_signal": top["noise_signal"], "promoted": new,
-                          "noise_signal_after": current.noise_signal})
+                          "noise_signal_after": trial.noise_signal, "accepted": accepted})
             progress(f"  [{spec.name}] int16 <- {top['group']} (+{len(new)} ops)  output noise/signal "
-                     f"{current.noise_signal:.3e}  ({current.seconds:.1f} s)")
+                     f"{trial.noise_signal:.3e}{'' if accepted else '  rejected (no better)'}  ({trial.seconds:.1f} s)")
+            if not accepted:
+                rejected += 1
+                if rejected >= s.max_rejected_steps:
+                    stop = f"{rejected} steps in a row did not lower the output error"
+                    break
+                continue
+            rejected = 0
+            promoted += new
+            current = trial
             if current.noise_signal <= s.target_noise_signal:
                 stop = f"target {s.target_noise_signal:g} reached"
                 break

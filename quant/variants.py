@@ -46,6 +46,7 @@ class SensitivitySearch:
     target_noise_signal: float = 0.0  # stop when the graph-output noise/signal is at or below this
     max_int16_ops: int = 8  # cap on promoted ops (the top group is promoted even if it exceeds it)
     promote_consumers: bool = True  # also promote the direct downstream consumers' groups
+    max_rejected_steps: int = 3  # stop after this many steps in a row that did not lower the output error
     min_improvement: float = 0.10  # the result must cut int8's output error by at least this fraction
     analysis_images: int = 64  # calibration images used to rank the groups
 

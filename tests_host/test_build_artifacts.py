@@ -81,6 +81,9 @@ def test_mixed_beats_int8_with_its_top_group_in_16_bit():
     assert s["ranking"][0]["group"] == s["steps"][0]["group"]
     assert set(s["ranking"][0]["ops"]) <= set(mixed["int16_layers"])
     assert s["noise_signal_after"] < s["noise_signal_before"]
+    kept = [st for st in s["steps"] if st["accepted"]]
+    assert sorted(op for st in kept for op in st["promoted"]) == sorted(mixed["int16_layers"])
+    assert kept[-1]["noise_signal_after"] == s["noise_signal_after"]
     assert s["noise_signal_before"] == pytest.approx(min(c["noise_signal"] for c in int8["calibration"]["candidates"]))
     assert info["model"]["int16_ops"] == len(mixed["int16_layers"]) <= variants.VARIANTS["mixed"].sensitivity.max_int16_ops \
         or len(s["steps"]) == 1
