@@ -48,6 +48,7 @@ def evaluate_onnx(onnx_path, x, y) -> float:
 def run(args) -> int:
     import hashlib
     import json
+    import os
     import sys
     import time
 
@@ -71,6 +72,8 @@ def run(args) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out.parent} ({exc.strerror}); pass a writable --out") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"folder {out.parent} is not writable; pass a writable --out")
 
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)

@@ -58,3 +58,23 @@ def test_the_network_is_small_and_relu6_can_be_swapped_for_relu():
     assert not any(isinstance(m, nn.ReLU6) for m in model.modules())
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 16
     assert before.shape == model(x).shape == (2, len(data.CLASSES))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out", "model.txt"], "must end in .onnx"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--out", "/proc/no_such_dir/m.onnx"], "cannot create"),
+    ],
+)
+def test_train_refuses_bad_arguments_before_training(argv, message):
+    import argparse
+
+    from quant import train
+    from quant.errors import UserError
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    with pytest.raises(UserError, match=message):
+        train.run(parser.parse_args(argv))
