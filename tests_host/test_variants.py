@@ -84,3 +84,20 @@ def test_a_relu6_float_budget_needs_the_swap_policy():
     with pytest.raises(ValueError, match="relu6_float_budget"):
         variants.VariantSpec(name="x", summary="x", relu6="keep", relu6_float_budget=0.01)
     assert variants.VARIANTS["balanced"].relu6_float_budget > 0
+
+
+def test_global_average_pool_becomes_an_equivalent_reduce_mean():
+    import onnxruntime as ort
+
+    from quant.quantize import gap_to_reduce_mean
+
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["y"], name="gap")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(0).random((1, 4, 6, 6), np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    before = run(model)
+    assert gap_to_reduce_mean(model) == 1 and model.graph.node[0].op_type == "ReduceMean"
+    onnx.checker.check_model(model)
+    np.testing.assert_allclose(run(model), before, rtol=1e-6)
