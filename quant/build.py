@@ -297,7 +297,7 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
     (folder / f"{stem}.reference.json").write_text(reference.document(spec.name, entries, vectors_sha, espdl_sha))
 
     progress(f"  [{spec.name}] accuracy on {len(data.heldout_y)} held-out images, worst layer groups")
-    m = session.heldout_metrics(attempt)
+    m = session.heldout_metrics(spec, attempt)
     worst = session.ranking(attempt)[:5]
     int16 = set(attempt.int16_ops)
     macs = info.op_macs(attempt.onnx)

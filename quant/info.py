@@ -205,6 +205,8 @@ def render(variant: str, quality: dict, model: dict, budgets_: dict, worst_sourc
         _line("floor_drop_points", q["floor_drop_points"], "the spec's gate: the build fails above it"),
         _line("output_noise_signal", q["output_noise_signal"], "logits noise/signal power vs float (lower is better)"),
         _line("output_cosine", q["output_cosine"], "mean cosine similarity of the logits vs float"),
+        _line("quantization_noise_signal", q["quantization_noise_signal"],
+              "logits noise/signal vs the float graph this variant quantizes (after any ReLU6 swap)"),
         f"# five worst layer groups: {worst_source}",
         "worst_layers = [",
         *[f"  {_toml(w)}," for w in q["worst_layers"]],

@@ -102,44 +102,6 @@ def relu6_to_relu(model, only: set[str] | None = None) -> int:
     return count
 
 
-SWAP_IMAGES = 64  # calibration images the float effect of each ReLU6 swap is measured on
-
-
-def _float_logits(model, x: np.ndarray, input_name: str) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {input_name: x[i : i + 1]})[0] for i in range(len(x))])
-
-
-def budgeted_swap(model, x: np.ndarray, input_name: str, budget: float) -> tuple[set[str], list[dict]]:
-    """Which ReLU6 to replace: measure each swap alone (float logits noise/signal vs the original on x),
-    then add them from the least harmful while the combined change stays within `budget`."""
-    import copy
-
-    names = relu6_nodes(model)
-    reference = _float_logits(model, x, input_name)
-    alone = []
-    for n in names:
-        m = copy.deepcopy(model)
-        relu6_to_relu(m, {n})
-        alone.append({"op": n, "float_noise_signal": noise_signal(_float_logits(m, x, input_name), reference)})
-    alone.sort(key=lambda r: (r["float_noise_signal"], names.index(r["op"])))
-    chosen: set[str] = set()
-    for r in alone:
-        m = copy.deepcopy(model)
-        relu6_to_relu(m, chosen | {r["op"]})
-        combined = noise_signal(_float_logits(m, x, input_name), reference)
-        r["swapped"] = combined <= budget
-        if r["swapped"]:
-            chosen.add(r["op"])
-            r["combined_float_noise_signal"] = combined
-    return chosen, alone
-
-
 def gap_to_reduce_mean(model) -> int:
     """Rewrite GlobalAveragePool as ReduceMean over H and W (same float function), in place; returns the count.
 
@@ -167,7 +129,7 @@ def gap_to_reduce_mean(model) -> int:
     return count
 
 
-def prepare_onnx(src: Path, spec: VariantSpec, calib_x: np.ndarray, input_name: str) -> tuple[bytes, dict | None]:
+def prepare_onnx(src: Path, spec: VariantSpec) -> tuple[bytes, dict | None]:
     """The working ONNX for `spec` (bytes) and a record of the ReLU6 policy applied (None for 'keep')."""
     import onnx
 
@@ -179,13 +141,8 @@ def prepare_onnx(src: Path, spec: VariantSpec, calib_x: np.ndarray, input_name: 
     gap_to_reduce_mean(model)  # every variant: the chip's arithmetic then matches the simulator
     if spec.relu6 == "keep":
         return model.SerializeToString(), None
-    record = {"policy": spec.relu6, "float_budget": spec.relu6_float_budget, "relu6_nodes": len(relu6_nodes(model))}
-    only = None
-    if spec.relu6_float_budget is not None:
-        x = calib_x[:SWAP_IMAGES]
-        only, record["measured"] = budgeted_swap(model, x, input_name, spec.relu6_float_budget)
-        record["measured_on"] = f"first {len(x)} calibration images, float logits noise/signal vs the original model"
-    record["replaced_by_relu"] = relu6_to_relu(model, only)
+    record = {"policy": spec.relu6, "relu6_nodes": len(relu6_nodes(model))}
+    record["replaced_by_relu"] = relu6_to_relu(model)
     return model.SerializeToString(), record
 
 
@@ -303,14 +260,14 @@ class Session:
         import_esp_ppq()
 
     def prepared(self, spec: VariantSpec) -> tuple[bytes, dict | None]:
-        key = (spec.relu6, spec.relu6_float_budget)
+        key = spec.relu6
         if key not in self._prepared:
-            self._prepared[key] = prepare_onnx(self.inputs.onnx, spec, self.inputs.calib_x, self.inputs.input_name)
+            self._prepared[key] = prepare_onnx(self.inputs.onnx, spec)
         return self._prepared[key]
 
     # -- one esp-ppq call
     def quantize(self, spec: VariantSpec, observer: str, int16_ops: tuple[str, ...] = ()) -> Attempt:
-        key = (spec.relu6, spec.relu6_float_budget, spec.equalization, spec.bits, spec.calibration, observer,
+        key = (spec.relu6, spec.equalization, spec.bits, spec.calibration, observer,
                tuple(sorted(int16_ops)))
         if key in self._attempts:
             return self._attempts[key]
@@ -366,7 +323,8 @@ class Session:
         from esp_ppq.executor import TorchExecutor
 
         q = run_graph(TorchExecutor(graph=graph, device="cpu"), x[:MEASURE_IMAGES])
-        f = self.inputs.float_outputs("calib")[:MEASURE_IMAGES]
+        # against the float graph this attempt quantizes (after the ReLU6 swap): the quantization error proper
+        f = self.inputs.float_outputs("calib", self.prepared(spec)[0])[:MEASURE_IMAGES]
         attempt = Attempt(observer, tuple(sorted(int16_ops)), folder, graph, noise_signal(q, f), cosine(q, f),
                           seconds, pairs)
         self._attempts[key] = attempt
@@ -486,11 +444,14 @@ class Session:
         return float(np.mean(f.reshape(len(f), -1).argmax(1) == self.inputs.heldout_y))
 
     # -- metrics on the final graph
-    def heldout_metrics(self, attempt: Attempt) -> dict:
+    def heldout_metrics(self, spec: VariantSpec, attempt: Attempt) -> dict:
+        """Held-out quality against the committed float model (end to end) and against the float graph
+        the variant quantizes (after a ReLU6 swap: the quantization error alone)."""
         from esp_ppq.executor import TorchExecutor
 
         q = run_graph(TorchExecutor(graph=attempt.graph, device="cpu"), self.inputs.heldout_x)
         f = self.inputs.float_outputs("heldout")
+        own = self.inputs.float_outputs("heldout", self.prepared(spec)[0])
         y = self.inputs.heldout_y
         return {
             "heldout_images": int(len(y)),
@@ -498,6 +459,7 @@ class Session:
             "top1": float(np.mean(q.reshape(len(q), -1).argmax(1) == y)),
             "output_noise_signal": noise_signal(q, f),
             "output_cosine": cosine(q, f),
+            "quantization_noise_signal": noise_signal(q, own),
         }
 
 

@@ -41,19 +41,21 @@ def table(models: Path, names=paths.VARIANTS) -> str:
     rows = load(models, names)
     if not rows:
         return f"no variant folders in {models}"
-    head = ("model", "top-1", "drop pts", "floor", "noise/signal", "cosine", ".espdl B", "int16 ops", "latency us*")
+    head = ("model", "top-1", "drop pts", "floor", "noise/signal", "quant n/s", "cosine", ".espdl B", "int16 ops",
+            "latency us*")
     first = rows[0]["info"]["quality"]
-    lines = [("float", f"{first['float_top1'] * 100:.2f}%", "-", "-", "-", "-", "-", "-", "-")]
+    lines = [("float", f"{first['float_top1'] * 100:.2f}%", "-", "-", "-", "-", "-", "-", "-", "-")]
     for r in rows:
         q, m, b = r["info"]["quality"], r["info"]["model"], r["info"]["budgets"]
         lines.append((r["variant"], f"{q['top1'] * 100:.2f}%", f"{q['top1_drop_points']:.2f}", f"{q['floor_drop_points']:g}",
-                      f"{q['output_noise_signal']:.2e}", f"{q['output_cosine']:.5f}", f"{m['espdl_bytes']:,}",
+                      f"{q['output_noise_signal']:.2e}", f"{q['quantization_noise_signal']:.2e}", f"{q['output_cosine']:.5f}", f"{m['espdl_bytes']:,}",
                       str(len(r["json"]["int16_layers"])), f"{b['latency_us']['value']:,}"))
     widths = [max(len(str(x[i])) for x in [head, *lines]) for i in range(len(head))]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     out = [fmt(head), "  ".join("-" * w for w in widths), *[fmt(x) for x in lines]]
     n = first["heldout_images"]
-    out.append(f"top-1 on {n} held-out images (PPQ simulator); noise/signal and cosine: logits vs float; "
+    out.append(f"top-1 on {n} held-out images (PPQ simulator); noise/signal and cosine: logits vs the float model; "
+               "quant n/s: vs the float graph the variant quantizes (after balanced's ReLU6 -> ReLU);\n"
                f"* latency budget, {rows[0]['info']['budgets']['latency_us']['provenance']}")
     return "\n".join(out)
 

@@ -68,9 +68,6 @@ class VariantSpec:
     summary: str
     bits: int = 8  # default bit width of every layer
     relu6: str = "keep"  # one of RELU6_POLICIES
-    # with "to_relu": None replaces every ReLU6; a number replaces them from the least harmful while the
-    # float model's logits change by at most this noise/signal (measured: a ReLU6-trained net clips above 6)
-    relu6_float_budget: float | None = None
     calibration: Calibration = Calibration()
     equalization: Equalization | None = None
     sensitivity: SensitivitySearch | None = None
@@ -78,8 +75,6 @@ class VariantSpec:
     tolerance: Tolerance = Tolerance()
 
     def __post_init__(self) -> None:
-        if self.relu6_float_budget is not None and self.relu6 != "to_relu":
-            raise ValueError("relu6_float_budget applies only to relu6='to_relu'")
         if self.relu6 not in RELU6_POLICIES:
             raise ValueError(f"relu6 policy must be one of {RELU6_POLICIES}, not {self.relu6!r}")
         if self.bits not in (8, 16):
@@ -112,9 +107,8 @@ VARIANTS: dict[str, VariantSpec] = {
     ),
     "balanced": VariantSpec(
         name="balanced",
-        summary="ReLU6 -> ReLU (within a measured float budget), then layerwise weight equalization, 8-bit",
+        summary="every ReLU6 -> ReLU, then layerwise weight equalization, 8-bit",
         relu6="to_relu",
-        relu6_float_budget=0.002,
         equalization=Equalization(iterations=4, value_threshold=0.4, opt_level=2),
         floor_drop_points=0.5,
     ),

@@ -94,7 +94,6 @@ def test_balanced_swapped_relu6_and_equalized_pairs():
     _, meta, _ = load("balanced")
     e = meta["equalization"]
     r = e["relu6"]
-    assert r["replaced_by_relu"] == sum(m["swapped"] for m in r["measured"]) > 0
-    assert max(m.get("combined_float_noise_signal", 0) for m in r["measured"]) <= r["float_budget"]
+    assert r["replaced_by_relu"] == r["relu6_nodes"] > 0  # every ReLU6, as the spec says
     assert e["pairs"] == len(e["pair_list"]) > 0
     assert e["settings"] == {"iterations": 4, "value_threshold": 0.4, "opt_level": 2}

@@ -80,12 +80,6 @@ def test_latency_model_reproduces_published_mobilenetv2_macs():
     assert 30e6 < mobilenetv2_macs(0.5, 128, 11) < 33e6
 
 
-def test_a_relu6_float_budget_needs_the_swap_policy():
-    with pytest.raises(ValueError, match="relu6_float_budget"):
-        variants.VariantSpec(name="x", summary="x", relu6="keep", relu6_float_budget=0.01)
-    assert variants.VARIANTS["balanced"].relu6_float_budget > 0
-
-
 def test_global_average_pool_becomes_an_equivalent_reduce_mean():
     import onnxruntime as ort
 
