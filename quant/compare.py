@@ -6,7 +6,7 @@ Inputs are plain data so the comparison can be tested without a board:
 - the reference: `gesture_model_<v>.reference.json` (simulator integers per vector);
 - the model config: `gesture_model_<v>.json` (`tolerance`, `input.exponent`, `outputs`).
 
-The tolerance (docs/contracts.md): int8 elements within `int8_lsb` (default 0: bit-exact), int16
+The tolerance (README.md, 'Producing the variants'): int8 elements within `int8_lsb` (default 0: bit-exact), int16
 within `int16_lsb` (default 1), same exponent, same dtype and shape, same top-1 class.
 A mismatch message names the vector (index and name), the tensor, the element (flat index and NHWC
 coordinate), the LSB difference, and the first few differences.

@@ -1,4 +1,4 @@
-"""The `.info` file: quality, model size, cost and budgets of one variant (TOML, docs/contracts.md).
+"""The `.info` file: quality, model size, cost and budgets of one variant (TOML, README.md, 'Producing the variants').
 
 Also the cost model behind the estimated budgets:
 - MACs per op from the ONNX graph (Conv: output elements x Cin/groups x kh x kw; Gemm/MatMul: M x K x N);

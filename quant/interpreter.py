@@ -2,7 +2,7 @@
 
 Every semantic choice below was read from ESP-DL's sources (espressif/esp-dl, `esp-dl/dl/...`) and then
 checked against esp-ppq's embedded test values (tests_host/test_single_ops.py). Summary (details and evidence
-in docs/readme/espdl.md):
+in README.md, 'Reading, running and bisecting .espdl files'):
 
 - Tensors: per-tensor power-of-two exponents, real = int * 2**exponent; activations NHWC; int8/int16 saturate.
 - Rounding: half up everywhere on S3 (`dl_tool.cpp`: `round_half_up` = floor(x + 0.5), `shift_and_round_half_up`

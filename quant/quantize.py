@@ -107,7 +107,7 @@ def gap_to_reduce_mean(model) -> int:
 
     ESP-DL on the S3 computes a global *average pool* with a fixed-point 1/n (a 6x6 pool multiplies by
     56/2048, 1.6 % low) while esp-ppq's simulator divides exactly, so the chip missed the reference by
-    1-2 LSB on every variant; as ReduceMean both agree bit-exactly (docs/readme/espdl.md).
+    1-2 LSB on every variant; as ReduceMean both agree bit-exactly (README.md, 'Reading, running and bisecting .espdl files').
     """
     from onnx import helper, numpy_helper
 
@@ -186,7 +186,7 @@ class Inputs:
 def int16_platform():
     """ESPDL_S3_H_PRE_INT16: the S3's int16 (same bits, 40-bit bias, rounding) with a float64 simulation.
     ESPDL_S3_INT16 simulates int16 Conv/Gemm in float32, which cannot hold int16 x int16 sums: its reference
-    drifted 1-2 LSB from the chip's exact integer arithmetic (docs/readme/espdl.md)."""
+    drifted 1-2 LSB from the chip's exact integer arithmetic (README.md, 'Reading, running and bisecting .espdl files')."""
     from esp_ppq.api import get_target_platform
 
     return get_target_platform(TARGET, "w16a16", debug=True)

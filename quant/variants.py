@@ -53,7 +53,7 @@ class SensitivitySearch:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """How closely the chip must match the simulator (docs/contracts.md)."""
+    """How closely the chip must match the simulator (README.md, 'Producing the variants')."""
 
     int8_lsb: int = 0
     int16_lsb: int = 1

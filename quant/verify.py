@@ -115,7 +115,7 @@ def format_checks(checks, notes) -> str:
 
 
 def diagnose(model) -> tuple[bool, str]:
-    """(explained, text): which known ESP-DL vs simulator difference explains a failure (docs/readme/espdl.md)."""
+    """(explained, text): which known ESP-DL vs simulator difference explains a failure (README.md, 'Reading, running and bisecting .espdl files')."""
     for exact, wide, what in ((True, False, "ESP32-S3's fixed-point 1/n in average pooling"),
                               (False, True, "the S3's saturating 20/40-bit Conv/Gemm accumulator lanes"),
                               (True, True, "both the S3's fixed-point average and its saturating accumulators")):
@@ -130,7 +130,7 @@ def diagnose(model) -> tuple[bool, str]:
     if int16:
         return worst <= 1, (f"diagnosis: not explained by the S3 average or accumulator lanes (max {worst} LSB left); the model has "
                 f"{len(int16)} int16 Conv/Gemm layer(s), which esp-ppq simulates in float32: that drifts +-1..2 LSB "
-                f"from the exact integers ESP-DL computes and flips some int8 consumers by 1 LSB (docs/readme/espdl.md); "
+                f"from the exact integers ESP-DL computes and flips some int8 consumers by 1 LSB (README.md, 'Reading, running and bisecting .espdl files'); "
                 f"confirm on a copy exported with every value: `quant diff FILE interpreter-exact embedded`")
     return False, (f"diagnosis: not explained by the known S3 differences (max {worst} LSB left): localize it with "
             f"`quant diff FILE interpreter-exact embedded` on a copy exported with every value")

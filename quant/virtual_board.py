@@ -170,7 +170,7 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
         if not ref_outputs or not all(ref_outputs):
             raise ValueError("no vectors")
     except (KeyError, TypeError, ValueError):
-        raise UserError(f"{ref_path} or {json_path} does not follow docs/contracts.md; rebuild with `quant build`") from None
+        raise UserError(f"{ref_path} or {json_path} does not follow README.md, 'Producing the variants'; rebuild with `quant build`") from None
     lat = _budget(info, "latency_us", info_path)
     ram = _budget(info, "internal_ram_bytes", info_path)
     psram = _budget(info, "psram_bytes", info_path)

@@ -112,7 +112,7 @@ def _int16_layers(model):
 
 def _xfail_if_known(request, variant, verdict, cfg, model, chip_notes=None):
     """Mark the running test as an expected failure when the mismatch is one of the documented ESP-DL vs
-    simulator differences (docs/readme/espdl.md); the reason lands in the test summary (not silent)."""
+    simulator differences (README.md, 'Reading, running and bisecting .espdl files'); the reason lands in the test summary (not silent)."""
     if verdict.ok:
         return
     sim_verdict, _, _, _, sim_worst = _run_variant(variant, simulator_arithmetic=True)

@@ -1,4 +1,4 @@
-"""Small variant folders for the virtual-board tests (docs/contracts.md layout, computed values):
+"""Small variant folders for the virtual-board tests (README.md, 'Producing the variants' layout, computed values):
 they let the board be tested before, and independently of, `quant build`."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def make_espdl(test_outputs: dict) -> bytes:
 
 
 def make_models(root: Path, variant: str = VARIANT, embedded_delta: int = 0) -> Path:
-    """A small variant folder in the layout of docs/contracts.md (the real models are built later)."""
+    """A small variant folder in the layout of README.md, 'Producing the variants' (the real models are built later)."""
     folder = root / f"gesture_model_{variant}"
     folder.mkdir(parents=True)
     stem = folder / f"gesture_model_{variant}"
