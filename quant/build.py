@@ -51,6 +51,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, default=paths.MODELS, metavar="DIR", help="where variant folders go (default models/)")
     p.add_argument("--vectors", type=Path, default=paths.MODELS, metavar="DIR",
                    help="folder with test_vectors.bin/.json (default models/)")
+    p.add_argument("--check", action="store_true",
+                   help="build nothing: say which variants are stale (exit 1 if any)")
 
 
 def _sha(data: bytes) -> str:
@@ -136,6 +138,13 @@ def versions() -> dict:
     return out
 
 
+def _code_sha(path: Path) -> str:
+    """sha256 of a module's syntax tree: code changes count, comments and layout do not."""
+    import ast
+
+    return _sha(ast.dump(ast.parse(Path(path).read_text())).encode())
+
+
 def build_key(args, spec) -> str:
     here = Path(__file__).parent
     doc = {
@@ -144,7 +153,7 @@ def build_key(args, spec) -> str:
         "vectors": _sha_file(Path(args.vectors) / paths.VECTORS_BIN.name),
         "spec": spec.digest(),
         "versions": versions(),
-        "source": _sha(b"".join(_sha_file(here / f).encode() for f in SOURCE_FILES)),
+        "source": _sha(b"".join(_code_sha(here / f).encode() for f in SOURCE_FILES)),
     }
     return _sha(json.dumps(doc, sort_keys=True).encode())
 
@@ -411,6 +420,10 @@ def run(args) -> int:
             print(f"{s.name}: up to date ({folder})")
         else:
             stale.append(s)
+    if args.check:
+        for s in stale:
+            print(f"{s.name}: stale (its inputs, spec, tools or code changed); run `quant build`")
+        return 1 if stale else 0
 
     failures = []
     if stale:

@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import tomllib
 
 import pytest
@@ -97,3 +100,12 @@ def test_balanced_swapped_relu6_and_equalized_pairs():
     assert r["replaced_by_relu"] == r["relu6_nodes"] > 0  # every ReLU6, as the spec says
     assert e["pairs"] == len(e["pair_list"]) > 0
     assert e["settings"] == {"iterations": 4, "value_threshold": 0.4, "opt_level": 2}
+
+
+def test_committed_variants_are_up_to_date_with_the_code_and_inputs():
+    # a change to the quantization code, spec, tools or inputs without `quant build` fails here
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.run([sys.executable, "-m", "quant", "build", "--check"], cwd=paths.REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("up to date") == len(variants.VARIANTS)
