@@ -36,13 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # TEMPORARY while the project is being assembled
-            if exc.name != module:
-                raise
-            continue
-        mod.add_arguments(p)
+        importlib.import_module(module).add_arguments(p)
     return parser
 
 
@@ -66,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted; the last good artifacts were left untouched", file=sys.stderr)
         return 130
