@@ -116,7 +116,7 @@ def test_a_changed_input_is_rebuilt(first_build, images, tmp_path):
 
 
 def _args(images, out, calib):
-    return argparse.Namespace(variant=["int8"], onnx=ONNX, data=images, calib=calib, out=out, vectors=VECTORS)
+    return argparse.Namespace(variant=["int8"], onnx=ONNX, data=images, calib=calib, out=out, vectors=VECTORS, check=False)
 
 
 @needs_float_model
