@@ -9,7 +9,6 @@ Also the cost model behind the estimated budgets:
 from __future__ import annotations
 
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -121,17 +120,9 @@ def peak_activation_bytes(onnx_path: Path, int16_ops: set[str]) -> int:
 
 def espdl_parameter_bytes(path: Path) -> int:
     """Bytes of all initializers in a plain EDL2 file (unpadded: prod(dims) x element size)."""
-    from esp_ppq.parser.espdl import helper
-    from esp_ppq.parser.espdl.FlatBuffers.Dl import Model
+    from quant import espdl as reader
 
-    data = Path(path).read_bytes()
-    length = struct.unpack("<I", data[8:12])[0]
-    g = Model.Model.GetRootAs(data[16 : 16 + length], 0).Graph()
-    total = 0
-    for k in range(g.InitializerLength()):
-        t = g.Initializer(k)
-        total += int(np.prod(t.DimsAsNumpy())) * np.dtype(helper.tensor_dtype_to_np_dtype(t.DataType())).itemsize
-    return total
+    return sum(t.data.nbytes for t in reader.load(path).initializers.values())
 
 
 # ------------------------------------------------------------------ budgets

@@ -8,14 +8,11 @@ tests judge the chip against the same numbers.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 
-from quant.errors import UserError
 
 
 def _output_config(graph, name: str):
@@ -66,53 +63,19 @@ def document(variant: str, entries: list[dict], vectors_sha256: str, espdl_sha25
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-# ----------------------------------------------------------------------------- .espdl test values
-
-
-def espdl_test_values(path: Path) -> dict[str, dict]:
-    """The test inputs/outputs embedded in a plain EDL2 file: {'inputs'|'outputs': {name: {ints, exponent, dims}}}.
-
-    A tiny reader (header + esp-ppq's generated FlatBuffers classes); quant.espdl is the full one.
-    """
-    from esp_ppq.parser.espdl import helper
-    from esp_ppq.parser.espdl.FlatBuffers.Dl import Model
-
-    data = Path(path).read_bytes()
-    if data[:4] != b"EDL2":
-        raise UserError(f"{path} is not an EDL2 .espdl file; rebuild it with `quant build`")
-    encrypted, length = struct.unpack("<II", data[4:12])
-    if encrypted:
-        raise UserError(f"{path} is encrypted; build a plain .espdl with `quant build`")
-    graph = Model.Model.GetRootAs(data[16 : 16 + length], 0).Graph()
-
-    def read(count, get):
-        out = {}
-        for k in range(count):
-            t = get(k)
-            buf = b"".join(t.RawData(i).BytesAsNumpy().tobytes() for i in range(t.RawDataLength()))
-            dims = [int(d) for d in t.DimsAsNumpy()]
-            ints = np.frombuffer(buf, helper.tensor_dtype_to_np_dtype(t.DataType()))[: int(np.prod(dims))]
-            out[t.Name().decode()] = {"ints": ints.astype(np.int64).tolist(), "exponent": int(t.ExponentsAsNumpy()[0]),
-                                      "dims": dims}
-        return out
-
-    return {"inputs": read(graph.TestInputsValueLength(), graph.TestInputsValue),
-            "outputs": read(graph.TestOutputsValueLength(), graph.TestOutputsValue)}
-
-
 def check_embedded(espdl: Path, entries: list[dict]) -> None:
     """Vector 0's reference ints must equal the test outputs embedded in the .espdl."""
-    embedded = espdl_test_values(espdl)["outputs"]
+    from quant import espdl as reader
+
+    embedded = reader.load(espdl).test_outputs
     for name, t in entries[0]["tensors"].items():
         e = embedded.get(name)
         if e is None:
             raise RuntimeError(f"{espdl.name} embeds no test output named {name!r} (has {sorted(embedded)})")
-        if e["exponent"] != t["exponent"] or e["ints"] != t["data"]:
+        ints = e.data.astype(np.int64).tolist()
+        if e.exponent != t["exponent"] or ints != t["data"]:
             raise RuntimeError(
-                f"{espdl.name}: embedded test output {name} (exp {e['exponent']}, {e['ints'][:8]}...) differs from "
+                f"{espdl.name}: embedded test output {name} (exp {e.exponent}, {ints[:8]}...) differs from "
                 f"the simulator's vector 0 (exp {t['exponent']}, {t['data'][:8]}...)"
             )
 
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
