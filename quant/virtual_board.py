@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import math
 import os
 import select
@@ -30,12 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quant.budgets import load_budgets
+from quant.compare import load_expectations
 from quant.errors import UserError
 from quant.paths import MODELS, REPO, VARIANTS, VECTORS_BIN, variant_file
 
@@ -125,15 +125,9 @@ def _read(path: Path, what: str) -> bytes:
         raise UserError(f"{path} is missing ({what}); run `quant build` first") from None
 
 
-def _budget(info: dict, key: str, path: Path) -> tuple[int, int]:
-    """(basis, value) of a budget: the estimate the board pretends to measure, and the limit."""
-    try:
-        section = info["budgets"][key]
-        return round(float(section.get("basis", section["value"]))), int(section["value"])
-    except (KeyError, TypeError, ValueError):
-        raise UserError(
-            f"{path} has no [budgets.{key}] with integer basis and value; rebuild it with `quant build`"
-        ) from None
+def _basis_and_value(budget) -> tuple[int, int]:
+    """(basis, value) of a quant.budgets.Budget: the estimate the board pretends to measure, and the limit."""
+    return round(float(budget.value if budget.basis is None else budget.basis)), budget.value
 
 
 def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", fault: str = "none") -> VariantData:
@@ -147,16 +141,11 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
         raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     models_dir = Path(models_dir)
     espdl_path = variant_file(variant, ".espdl", models_dir)
-    info_path = variant_file(variant, ".info", models_dir)
     json_path = variant_file(variant, ".json", models_dir)
     ref_path = variant_file(variant, ".reference.json", models_dir)
     espdl = _read(espdl_path, "the deployable model")
-    try:
-        info = tomllib.loads(_read(info_path, "budgets").decode())
-        config = json.loads(_read(json_path, "model config"))
-        reference = json.loads(_read(ref_path, "simulator reference"))
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"a file in {espdl_path.parent} is not valid ({exc}); rebuild with `quant build`") from None
+    reference, config = load_expectations(variant, models_dir)
+    limits = load_budgets(variant, models_dir)
     try:
         names = [o["name"] for o in reference["outputs"]]
         ref_outputs = [
@@ -171,9 +160,9 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
             raise ValueError("no vectors")
     except (KeyError, TypeError, ValueError):
         raise UserError(f"{ref_path} or {json_path} does not follow README.md, 'Producing the variants'; rebuild with `quant build`") from None
-    lat = _budget(info, "latency_us", info_path)
-    ram = _budget(info, "internal_ram_bytes", info_path)
-    psram = _budget(info, "psram_bytes", info_path)
+    lat = _basis_and_value(limits["latency_us"])
+    ram = _basis_and_value(limits["internal_ram_bytes"])
+    psram = _basis_and_value(limits["psram_bytes"])
     data = VariantData(
         variant=variant,
         espdl_bytes=espdl,
