@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quant.compare import allowed_lsb
 from quant.errors import UserError
 
 DEFAULT_TOLERANCE = {"int8_lsb": 0, "int16_lsb": 1, "same_exponent": True}
@@ -74,7 +75,7 @@ def compare_tensor(position, value, node, a, b, tol) -> LayerStat:
     da = np.asarray(a.data).astype(np.int64)
     db = np.asarray(b.data).astype(np.int64)
     dtype = str(b.dtype)
-    allowed = tol["int16_lsb"] if dtype == "int16" else tol["int8_lsb"]
+    allowed = allowed_lsb(dtype, tol)
     problem = None
     if str(a.dtype) != str(b.dtype):
         problem = "dtype"

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quant.compare import allowed_lsb
 from quant.errors import UserError
 
 
@@ -30,7 +31,7 @@ class OutputCheck:
 
     @property
     def allowed_lsb(self) -> int:
-        return 1 if self.expected_dtype == "int16" else 0
+        return allowed_lsb(self.expected_dtype)
 
     @property
     def ok(self) -> bool:

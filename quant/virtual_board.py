@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quant.budgets import load_budgets
-from quant.compare import load_expectations
+from quant.compare import allowed_lsb, load_expectations
 from quant.errors import UserError
 from quant.paths import MODELS, REPO, VARIANTS, VECTORS_BIN, variant_file
 
@@ -525,7 +525,7 @@ class App:
             got = board.get(name)
             if got is None or (got.dtype, got.exponent, len(got.data)) != (want.dtype, want.exponent, len(want.data)):
                 return False
-            lsb = 1 if want.dtype == "int16" else 0
+            lsb = allowed_lsb(want.dtype)
             if any(abs(a - b) > lsb for a, b in zip(got.data, want.data, strict=True)):
                 return False
         return True
