@@ -98,29 +98,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module) -> int:
-    """Multiply-accumulates of one 1x1x96x96 inference (Conv2d and Linear layers)."""
-    macs = 0
-
-    def hook(mod, inp, out):
-        nonlocal macs
-        if isinstance(mod, nn.Conv2d):
-            k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
-            macs += out.numel() * k
-        elif isinstance(mod, nn.Linear):
-            macs += mod.in_features * mod.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(INPUT_SHAPE))
-    model.train(was_training)
-    for h in handles:
-        h.remove()
-    return macs
-
-
 def export_onnx(model: nn.Module, path) -> Path:
     """Export in eval mode (BatchNorm folded) with input `image` [1,1,96,96] and output `logits`."""
     import onnx

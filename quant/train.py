@@ -61,7 +61,8 @@ def run(args) -> int:
 
     from quant import data
     from quant.errors import UserError
-    from quant.model import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, build_model, count_macs, count_params, export_onnx
+    from quant.info import op_macs
+    from quant.model import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, build_model, count_params, export_onnx
 
     if args.epochs < 1 or args.images < len(data.CLASSES):
         raise UserError(f"--epochs must be >= 1 and --images >= {len(data.CLASSES)}; got {args.epochs} and {args.images}")
@@ -148,7 +149,7 @@ def run(args) -> int:
             "threads": THREADS,
             "seconds": round(seconds, 1),
         },
-        "model": {"parameters": count_params(model), "macs": count_macs(model)},
+        "model": {"parameters": count_params(model), "macs": sum(op_macs(out).values())},
         "onnx_sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "versions": {
             "torch": torch.__version__,
