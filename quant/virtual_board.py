@@ -135,7 +135,7 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
 
     `source`: "interpreter" computes the outputs from the .espdl with quant.interpreter (what a chip
     would compute), "reference" serves the stored simulator ints, "auto" the interpreter when
-    quant/interpreter.py and models/test_vectors.bin exist. `fault` matters only for layer_fault,
+    the (checked) models/test_vectors.bin belongs to the reference. `fault` matters only for layer_fault,
     which the interpreter injects into one layer so that everything downstream is computed from it."""
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -183,7 +183,7 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
     if source in ("auto", "interpreter"):
         data.interpreter = Interpreted.open(data, espdl_path, models_dir, fault)
         if data.interpreter is None and source == "interpreter":
-            raise UserError(f"--source interpreter needs quant/interpreter.py and {VECTORS_BIN.name} in "
+            raise UserError(f"--source interpreter needs a valid {VECTORS_BIN.name} (+ .json) for this reference in "
                             f"{models_dir}; use --source reference")
     if data.interpreter is not None:
         data.dump_error = ""
@@ -219,16 +219,15 @@ class Interpreted:
 
     @classmethod
     def open(cls, data: VariantData, espdl_path: Path, models_dir: Path, fault: str) -> Interpreted | None:
-        import numpy as np  # noqa: PLC0415
+        from quant.vectors import load_vectors  # noqa: PLC0415
 
-        here = Path(__file__).parent
-        vectors_bin = Path(models_dir) / VECTORS_BIN.name
-        if not (here / "interpreter.py").exists() or not vectors_bin.exists():
-            return None
-        raw = vectors_bin.read_bytes()
-        if len(raw) != len(data.reference) * 96 * 96 * 4:
+        try:
+            x, _ = load_vectors(models_dir)
+        except UserError:
+            return None  # no valid test vectors beside this reference: serve the reference
+        if len(x) != len(data.reference):
             return None  # the vectors do not belong to this reference: serve the reference
-        vectors = np.frombuffer(raw, dtype="<f4").reshape(len(data.reference), 1, 1, 96, 96)
+        vectors = x[:, None]  # each one 1x1x96x96
         outs = [t.name for t in data.reference[0]]
         return cls(data.espdl_bytes, espdl_path, vectors, outs, data.input_name, fault)
 
