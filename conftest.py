@@ -27,7 +27,7 @@ HOW_TO_RUN = (
     "(with '=' after --port) or set ESPPORT; without a board run `pytest --virtual-board tests_target`"
 )
 
-_OUTCOMES = pytest.StashKey[dict]()  # variant -> quant.board_session.BoardOutcome
+_OUTCOMES = pytest.StashKey[dict]()  # variant -> quant.board.session.BoardOutcome
 _RESULTS = pytest.StashKey[dict]()  # variant -> {test name: (outcome, first line of the message)}
 _RUN_DIR = pytest.StashKey[object]()  # Path of this run's results, or None (no board)
 _REPORT = pytest.StashKey[object]()  # what the report step produced: paths, or an error text
@@ -38,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--virtual-board", action="store_true",
                     help="run the board tests against a virtual board (quant virtual-board) instead of a chip")
     group.addoption("--virtual-fault", default="none", metavar="NAME",
-                    help="inject this fault into the virtual board (see quant.virtual_board.FAULTS)")
+                    help="inject this fault into the virtual board (see quant.board.virtual.FAULTS)")
     group.addoption("--board-timeout", type=float, default=25.0, metavar="SECONDS",
                     help="fail a board session after this many seconds without output (default: %(default)s)")
     group.addoption("--models-dir", default=None, metavar="DIR",
@@ -77,7 +77,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if mode == "virtual" and config.getoption("port", None):
         raise pytest.UsageError("--virtual-board and --port exclude each other: pick the virtual board or a chip")
     if mode == "virtual":
-        from quant.virtual_board import FAULTS
+        from quant.board.virtual import FAULTS
 
         if config.getoption("virtual_fault") not in FAULTS:
             raise pytest.UsageError(f"--virtual-fault {config.getoption('virtual_fault')!r} is unknown; "
@@ -176,8 +176,8 @@ def port(port, request, config):
     outcomes = request.config.stash[_OUTCOMES]
     if config in outcomes:
         return None  # this variant already ran; its tests read the cache
-    from quant.board_session import BoardOutcome
-    from quant.virtual_board import start
+    from quant.board.session import BoardOutcome
+    from quant.board.virtual import start
 
     try:
         board = start(config, fault=request.config.getoption("virtual_fault"), models_dir=_models(request.config))
@@ -217,7 +217,7 @@ class _Board:
 
 
 def _run_once(request, variant):
-    from quant import board_session
+    from quant.board import session as board_session
 
     virtual = _virtual(request)
     if not virtual:
@@ -264,7 +264,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     outcomes = config.stash.get(_OUTCOMES, {})
     if run_dir is None or not outcomes:
         return
-    from quant import board_report
+    from quant.board import report as board_report
 
     try:
         paths = board_report.write_run_report(

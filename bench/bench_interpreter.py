@@ -17,8 +17,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from quant.espdl import load  # noqa: E402
-from quant.interpreter import Interpreter  # noqa: E402
+from quant.espdl.reader import load  # noqa: E402
+from quant.espdl.interpreter import Interpreter  # noqa: E402
 from quant.paths import VARIANTS, variant_file  # noqa: E402
 
 REPEATS = 20

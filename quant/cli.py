@@ -16,15 +16,15 @@ from quant.errors import UserError
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "train": ("quant.train", "train the default float model on synthetic gestures (reproducible)"),
-    "build": ("quant.build", "produce the quantized variants in models/ (int8, mixed, balanced)"),
-    "report": ("quant.report", "compare the variants with the float model (table and PNG chart)"),
-    "inspect": ("quant.espdl", "print the contents of an .espdl file"),
-    "verify": ("quant.verify", "run an .espdl's embedded test inputs through the host interpreter"),
-    "diff": ("quant.bisect", "find the first layer where two runs of a model diverge"),
-    "firmware": ("quant.firmware", "build the ESP-IDF test app for each variant (needs ESP-IDF)"),
-    "virtual-board": ("quant.virtual_board", "serve the test app's protocol on a pseudo-terminal"),
-    "update-budgets": ("quant.budgets", "rewrite .info budgets from a board run, with headroom"),
+    "train": ("quant.variants.train", "train the default float model on synthetic gestures (reproducible)"),
+    "build": ("quant.variants.build", "produce the quantized variants in models/ (int8, mixed, balanced)"),
+    "report": ("quant.variants.report", "compare the variants with the float model (table and PNG chart)"),
+    "inspect": ("quant.espdl.reader", "print the contents of an .espdl file"),
+    "verify": ("quant.espdl.verify", "run an .espdl's embedded test inputs through the host interpreter"),
+    "diff": ("quant.espdl.bisect", "find the first layer where two runs of a model diverge"),
+    "firmware": ("quant.board.firmware", "build the ESP-IDF test app for each variant (needs ESP-IDF)"),
+    "virtual-board": ("quant.board.virtual", "serve the test app's protocol on a pseudo-terminal"),
+    "update-budgets": ("quant.board.budgets", "rewrite .info budgets from a board run, with headroom"),
 }
 
 

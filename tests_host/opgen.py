@@ -170,7 +170,7 @@ GESTURE_INT16 = tuple(f"/{p}/Conv" for p in (
 
 
 def _gesture(relu: bool) -> nn.Module:
-    from quant.model import build_model, convert_relu6_to_relu
+    from quant.variants.model import build_model, convert_relu6_to_relu
 
     model = build_model(7)
     return convert_relu6_to_relu(model) if relu else model

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from quant.protocol import Emitter, parse_transcript
+from quant.board.protocol import Emitter, parse_transcript
 
 CLASSES = 7
 VECTORS = 4

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import opgen
-from quant import bisect, espdl, protocol
+from quant.espdl import bisect
+from quant.espdl import reader as espdl
+from quant.board import protocol
 from quant.errors import UserError
-from quant.interpreter import Interpreter, QTensor
+from quant.espdl.interpreter import Interpreter, QTensor
 
 NAME = "mixed_requant_s8_s16"  # Conv s8 -> RequantizeLinear -> depthwise Conv+Relu s16 -> RequantizeLinear -> Conv s8
 

@@ -5,9 +5,9 @@ import json
 import pytest
 from target_fixtures import board_run, espdl_sha, make_models
 
-from quant.board_report import write_run_report
-from quant.board_session import BoardOutcome
-from quant.compare import compare_run
+from quant.board.report import write_run_report
+from quant.board.session import BoardOutcome
+from quant.board.judge import compare_run
 
 PASSED = {name: ("passed", "") for name in ("test_outputs_match_simulator", "test_model_hash_matches_committed_espdl",
                                             "test_selftest_passed", "test_latency_within_budget",

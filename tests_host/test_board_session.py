@@ -8,8 +8,8 @@ import pexpect
 import pytest
 from target_fixtures import transcript
 
-from quant.board_session import BoardSessionError, run_board
-from quant.protocol import format_line
+from quant.board.session import BoardSessionError, run_board
+from quant.board.protocol import format_line
 
 
 class FakeDut:

@@ -9,9 +9,9 @@ import tomllib
 import pytest
 from target_fixtures import BUDGETS, board_run, espdl_sha, make_models
 
-from quant import budgets
-from quant.board_report import write_run_report
-from quant.board_session import BoardOutcome
+from quant.board import budgets
+from quant.board.report import write_run_report
+from quant.board.session import BoardOutcome
 from quant.errors import UserError
 from quant.paths import REPO
 

@@ -17,10 +17,11 @@ import cv2
 import numpy as np
 import pytest
 
-from quant import build as qbuild
-from quant import data, paths
+from quant.variants import build as qbuild
+from quant import paths
+from quant.variants import data
 from quant.errors import UserError
-from quant.variants import get
+from quant.variants.specs import get
 
 ONNX, VECTORS = paths.FLOAT_ONNX, paths.MODELS
 STEM = "gesture_model_int8"
@@ -31,7 +32,7 @@ needs_float_model = pytest.mark.skipif(not ONNX.is_file() or not (VECTORS / path
 
 CHEAP_INT8 = """
 import dataclasses, sys
-from quant import variants
+from quant.variants import specs as variants
 spec = variants.VARIANTS["int8"]
 variants.VARIANTS["int8"] = dataclasses.replace(
     spec, floor_drop_points=100.0, calibration=dataclasses.replace(spec.calibration, candidates=("minmax",)))
@@ -124,7 +125,7 @@ def _args(images, out, calib):
 def test_a_failed_build_leaves_the_last_good_folder(first_build, images, tmp_path, monkeypatch, failure):
     import shutil
 
-    from quant import quantize
+    from quant.variants import quantize
 
     shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
     before = snapshot(tmp_path / STEM)
@@ -172,7 +173,7 @@ def test_measured_budgets_survive_and_do_not_make_the_folder_stale(first_build, 
     import json
     import shutil
 
-    from quant.budgets import rewrite_budgets
+    from quant.board.budgets import rewrite_budgets
 
     shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
     info = tmp_path / STEM / f"{STEM}.info"

@@ -114,7 +114,7 @@ def test_too_few_calibration_images(tmp_path, good_onnx):
 
 
 def test_a_dynamic_batch_dimension_is_accepted(tmp_path):
-    from quant.build import check_onnx
+    from quant.variants.build import check_onnx
 
     path = tiny_onnx(tmp_path / "dyn.onnx", ("N", 1, 96, 96))
     assert check_onnx(path) == ("image", ("logits",), 8)

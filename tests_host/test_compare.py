@@ -3,7 +3,7 @@ names the vector, the tensor, the element and the LSB difference."""
 
 import pytest
 
-from quant.compare import InputSeen, Tensor, compare_outputs
+from quant.board.judge import InputSeen, Tensor, compare_outputs
 
 TOL = {"int8_lsb": 0, "int16_lsb": 1, "same_exponent": True, "same_top1": True, "reason": None}
 CFG = {"input": {"name": "image", "dtype": "int8", "exponent": -7}, "outputs": [{"name": "logits"}], "tolerance": TOL}

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from quant import data
+from quant.variants import data
 from quant.errors import UserError
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import opgen
-from quant import espdl
+from quant.espdl import reader as espdl
 from quant.errors import UserError
 
 NAMES = ["mixed_requant_s8_s16", "head_gap_gemm_s8"]

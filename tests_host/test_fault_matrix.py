@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from quant import virtual_board as vb
+from quant.board import virtual as vb
 from quant.errors import UserError
 from quant.paths import MODELS, REPO, VARIANTS, variant_file
 

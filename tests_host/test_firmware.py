@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 import quant
-from quant import firmware, paths
+from quant import paths
+from quant.board import firmware
 
 FW = paths.FIRMWARE
 MAIN = FW / "main"
@@ -129,7 +130,7 @@ def test_cmake_embeds_the_files_quant_paths_name():
 
 def test_build_sources_quant_firmware_watches_exist():
     for name in firmware.FIRMWARE_SOURCES:
-        assert (FW / name).is_file(), f"quant.firmware watches firmware/{name}, which does not exist"
+        assert (FW / name).is_file(), f"quant.board.firmware watches firmware/{name}, which does not exist"
     srcs = re.search(r"SRCS ([^\n]+)", (MAIN / "CMakeLists.txt").read_text()).group(1)
     for src in re.findall(r'"([^"]+)"', srcs):
         assert (MAIN / src).is_file(), f"main/CMakeLists.txt compiles {src}, which does not exist"

@@ -9,9 +9,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from quant import compare, espdl
+from quant.board import judge as compare
+
+from quant.espdl import reader as espdl
 from quant.errors import UserError
-from quant.interpreter import Interpreter, quantize_input, shift_round, unpack_filter
+from quant.espdl.interpreter import Interpreter, quantize_input, shift_round, unpack_filter
 from quant.paths import VARIANTS, variant_file
 
 
@@ -85,7 +87,7 @@ def _variant_or_skip(variant):
 
 
 def _run_variant(variant, simulator_arithmetic: bool):
-    from quant.vectors import load_vectors
+    from quant.variants.vectors import load_vectors
 
     espdl_path, cfg_path, ref_path = _variant_or_skip(variant)
     model = espdl.load(espdl_path)
@@ -149,7 +151,7 @@ def test_chip_arithmetic_matches_the_simulator_reference(request, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_interpreter_reproduces_the_variants_embedded_test_value(request, variant):
     """The embedded test value is what ESP-DL's model->test() checks on the chip."""
-    from quant.verify import diagnose, verify_model
+    from quant.espdl.verify import diagnose, verify_model
 
     espdl_path, _, _ = _variant_or_skip(variant)
     model = espdl.load(espdl_path)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from quant import data
-from quant.model import build_model, convert_relu6_to_relu, count_params
+from quant.variants import data
+from quant.variants.model import build_model, convert_relu6_to_relu, count_params
 from quant.paths import FLOAT_META, FLOAT_ONNX
-from quant.train import evaluate_onnx
+from quant.variants.train import evaluate_onnx
 
 META = json.loads(FLOAT_META.read_text())
 
@@ -71,7 +71,7 @@ def test_the_network_is_small_and_relu6_can_be_swapped_for_relu():
 def test_train_refuses_bad_arguments_before_training(argv, message):
     import argparse
 
-    from quant import train
+    from quant.variants import train
     from quant.errors import UserError
 
     parser = argparse.ArgumentParser()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant import protocol as p
+from quant.board import protocol as p
 from quant.paths import FIRMWARE
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -4,8 +4,8 @@ their embedded test outputs under ESP-DL's own test() rule (int8 exact, int16 +-
 import pytest
 
 import opgen
-from quant.espdl import load
-from quant.verify import verify_model
+from quant.espdl.reader import load
+from quant.espdl.verify import verify_model
 
 SMALL = [name for name, case in opgen.CASES.items() if "model" not in case.marks]
 LAYERWISE = "chain_all_values_mixed"  # embeds every intermediate tensor
@@ -63,7 +63,7 @@ def test_cases_cover_int8_int16_and_the_variants_operators(models):
 def test_verify_command_exits_0_when_all_agree_and_1_otherwise(models, capsys):
     from argparse import Namespace
 
-    from quant import verify
+    from quant.espdl import verify
 
     good = [str(models[n]) for n in ("conv3x3_relu_s8", "add_residual_s16")]
     assert verify.run(Namespace(files=good, key=None, exact_average=False, wide_accumulators=False)) == 0

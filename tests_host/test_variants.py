@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quant import variants
+from quant.variants import specs as variants
 from quant.errors import UserError
-from quant.info import mobilenetv2_macs
-from quant.quantize import relu6_to_relu
+from quant.variants.info import mobilenetv2_macs
+from quant.variants.quantize import relu6_to_relu
 
 QUANT = Path(variants.__file__).parent
 
@@ -83,7 +83,7 @@ def test_latency_model_reproduces_published_mobilenetv2_macs():
 def test_global_average_pool_becomes_an_equivalent_reduce_mean():
     import onnxruntime as ort
 
-    from quant.quantize import gap_to_reduce_mean
+    from quant.variants.quantize import gap_to_reduce_mean
 
     graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["y"], name="gap")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],

@@ -7,7 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from quant import data, vectors
+from quant.variants import data
+
+from quant.variants import vectors
 from quant.errors import UserError
 from quant.paths import MODELS, VECTORS_BIN, VECTORS_META
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import serial
 
-from quant import virtual_board as vb
+from quant.board import virtual as vb
 from quant.errors import UserError
 from quant.paths import REPO, variant_file
-from quant.protocol import parse_transcript
+from quant.board.protocol import parse_transcript
 
 from vboard_fixtures import BUDGETS, VARIANT, VECTORS, make_models
 
@@ -135,7 +135,7 @@ def test_dump_without_the_interpreter_is_reported_unsupported(models):
 
 
 class StandInInterpreter:
-    """Serves the reference and six dumped tensors (input + five layers), as quant.interpreter would."""
+    """Serves the reference and six dumped tensors (input + five layers), as quant.espdl.interpreter would."""
 
     def __init__(self, data: vb.VariantData):
         self.data = data
@@ -219,7 +219,7 @@ def test_stop_and_sigterm_end_the_board_without_a_zombie(models):
 
 def test_the_board_exits_when_its_parent_dies(models, tmp_path):
     owner = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom quant import virtual_board as vb\n"
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom quant.board import virtual as vb\n"
          f"b = vb.start('{VARIANT}', models_dir=Path(sys.argv[1]))\nprint(b.pid, flush=True)\ntime.sleep(60)",
          str(models)], stdout=subprocess.PIPE, text=True, cwd=REPO)
     pid = int(owner.stdout.readline())

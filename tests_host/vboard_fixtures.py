@@ -19,7 +19,7 @@ BUDGETS = {"latency_us": (14000, 12174), "internal_ram_bytes": (60000, 52000), "
 
 def make_espdl(test_outputs: dict) -> bytes:
     """A minimal plain EDL2 file (one Gemm node) embedding `test_outputs`:
-    {name: (dtype, dims, exponent, ints)}; the layout follows quant/espdl.py's schema slots."""
+    {name: (dtype, dims, exponent, ints)}; the layout follows quant/espdl/reader.py's schema slots."""
     codes = {"int8": 3, "int16": 5}
     b = flatbuffers.Builder(1024)
     def string_vector(items):

@@ -1,6 +1,6 @@
 // Result protocol v1 (chip -> host): line formatting, CRC-32 and latency statistics.
 //
-// The definition of the protocol is docs/protocol.md; quant/protocol.py is its only parser.
+// The definition of the protocol is docs/protocol.md; quant/board/protocol.py is its only parser.
 // Portable C++17: no ESP-IDF or ESP-DL headers, no exceptions, no heap. The same file is compiled
 // into the firmware and by tests_host (host g++), which checks its output byte for byte against the
 // golden transcript tests_host/golden/transcript.txt.

@@ -1,12 +1,12 @@
 """`quant diff`: find the first layer (in graph order) where two runs of a model diverge.
 
 Sources of per-layer tensors (named after the .espdl's values, NHWC ints + exponent):
-- `interpreter`        the host interpreter with ESP32-S3 arithmetic (quant.interpreter)
+- `interpreter`        the host interpreter with ESP32-S3 arithmetic (quant.espdl.interpreter)
 - `interpreter-exact`  the PPQ simulator's arithmetic: exact average pools, accumulators without the S3's lanes
 - `embedded`           the PPQ simulator's tensors esp-ppq embedded as test values (the outputs, or every layer
   when exported with `test_output_names=` all values); input = the embedded test input
 - `FILE` (a transcript) a board's (or the virtual board's) serial output of `run dump`: protocol v1 TENSOR
-  lines (quant.protocol), vector `--vector`.
+  lines (quant.board.protocol), vector `--vector`.
 
 Library API (used by the target tests and the virtual board): `first_divergence(model, a, b, tolerance)`,
 `layer_stats(model, a, b, tolerance)` and `format_report(model, a, b, tolerance, ...)`, where a and b map value
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quant.compare import allowed_lsb
+from quant.board.judge import allowed_lsb
 from quant.errors import UserError
 
 DEFAULT_TOLERANCE = {"int8_lsb": 0, "int16_lsb": 1, "same_exponent": True}
@@ -168,7 +168,7 @@ def format_report(model, tensors_a: dict, tensors_b: dict, tolerance=None, label
 
 # ----------------------------------------------------------------------------------------------- CLI
 def _source(spec: str, model, vector: int, vectors):
-    from quant.interpreter import Interpreter, QTensor
+    from quant.espdl.interpreter import Interpreter, QTensor
 
     if spec in ("interpreter", "interpreter-exact"):
         exact = spec.endswith("exact")
@@ -193,7 +193,7 @@ def _source(spec: str, model, vector: int, vectors):
         return tensors
     from pathlib import Path
 
-    from quant import protocol
+    from quant.board import protocol
 
     path = Path(spec)
     if not path.is_file():
@@ -224,7 +224,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from quant.espdl import load
+    from quant.espdl.reader import load
 
     model = load(args.model, key=args.key)
     tol = None
@@ -235,7 +235,7 @@ def run(args) -> int:
             raise UserError(f"--tolerance {args.tolerance}: not a variant .json with a 'tolerance' ({exc})") from None
     vectors = []
     if args.vector >= 0 and "interpreter" in (args.a.split("-")[0], args.b.split("-")[0]):
-        from quant.vectors import load_vectors
+        from quant.variants.vectors import load_vectors
 
         vectors = load_vectors()[0]
     a = _source(args.a, model, args.vector, vectors)

@@ -3,7 +3,7 @@
 Each vector is 1x1x96x96 float32 in [0, 1]. Vector 0 is a real gesture image: it is the one esp-ppq
 embeds in the .espdl as ESP-DL's `model->test()` value. The .bin is raw little-endian float32,
 vector after vector, no header (the firmware embeds it as is). Regenerate with
-`python -m quant.vectors` (deterministic: the committed files must not change).
+`python -m quant.variants.vectors` (deterministic: the committed files must not change).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _patterns() -> list[tuple[str, np.ndarray]]:
 
 def make_vectors() -> tuple[np.ndarray, list[dict]]:
     """(x [N,1,96,96] float32, meta [{name, kind, label}]): gestures first (vector 0 is a gesture)."""
-    from quant import data
+    from quant.variants import data
 
     gx, gy = data.synthetic(max(GESTURE_INDICES) + 1, data.HELDOUT_SEED)
     images, meta = [], []
@@ -82,7 +82,7 @@ def load_vectors(models_dir=MODELS) -> tuple[np.ndarray, list[dict]]:
     """Read and check the committed vectors -> (x [N,1,96,96] float32, meta)."""
     models_dir = Path(models_dir)
     bin_path, meta_path = models_dir / BIN_NAME, models_dir / META_NAME
-    fix = "restore it from git or regenerate with `python -m quant.vectors`"
+    fix = "restore it from git or regenerate with `python -m quant.variants.vectors`"
     for p in (bin_path, meta_path):
         if not p.is_file():
             raise UserError(f"test vectors file {p} is missing; {fix}")

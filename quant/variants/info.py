@@ -120,7 +120,7 @@ def peak_activation_bytes(onnx_path: Path, int16_ops: set[str]) -> int:
 
 def espdl_parameter_bytes(path: Path) -> int:
     """Bytes of all initializers in a plain EDL2 file (unpadded: prod(dims) x element size)."""
-    from quant import espdl as reader
+    from quant.espdl import reader
 
     return sum(t.data.nbytes for t in reader.load(path).initializers.values())
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quant.sensitivity import ANALYSIS_IMAGES, consumers, cosine, groups, join_inputs, noise_signal, rank, run_graph
-from quant.variants import VariantSpec
+from quant.variants.sensitivity import ANALYSIS_IMAGES, consumers, cosine, groups, join_inputs, noise_signal, rank, run_graph
+from quant.variants.specs import VariantSpec
 
 TARGET = "esp32s3"
 INPUT_SHAPE = [1, 1, 96, 96]
@@ -474,6 +474,6 @@ class Result:
 
 def copy_outputs(result: Result, folder: Path, stem: str) -> None:
     """The chosen attempt's deployable files into the variant folder (esp-ppq's .json is not shipped:
-    it holds object ids; quant.build writes a clean one)."""
+    it holds object ids; quant.variants.build writes a clean one)."""
     shutil.copyfile(result.attempt.espdl, folder / f"{stem}.espdl")
     shutil.copyfile(result.attempt.graph_dump, folder / f"{stem}.graph.txt")

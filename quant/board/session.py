@@ -5,14 +5,14 @@
 The session (docs/protocol.md): a real board is reset by the `esp` service when the port opens; a
 virtual board is silent until it receives `reset` (pyserial flushes input on open), so we send it.
 Then we wait for `READY`, send `run` (or `run dump`) and read until `END`. Every byte goes through
-`quant.protocol.Session`; the run fails, with the DUT log path, when the board resets or panics
+`quant.board.protocol.Session`; the run fails, with the DUT log path, when the board resets or panics
 (the message says during which vector), goes silent for `timeout_s` seconds, speaks another protocol
 version, prints corrupt lines, reports ERROR, or ends without a complete, consistent transcript.
 Nothing here can hang: every wait is bounded by `timeout_s` of silence and a total deadline.
 
 `run_variant` is what the target tests call once per variant: the run, the output comparison and,
 when outputs mismatch, a second `run dump` session whose intermediates localize the first diverging
-layer (quant.bisect).
+layer (quant.espdl.bisect).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant import protocol
+from quant.board import protocol
 from quant.errors import UserError
 from quant.paths import MODELS
 
@@ -48,7 +48,7 @@ class BoardOutcome:
     run: protocol.BoardRun | None = None
     error: str | None = None  # the session failed: every test of the variant fails with this
     log_path: str | None = None
-    verdict: Any = None  # quant.compare.Verdict
+    verdict: Any = None  # quant.board.judge.Verdict
     tolerance: dict | None = None
     compare_error: str | None = None  # the reference could not be read
     bisect_note: str | None = None  # first diverging layer (or why it could not be localized)
@@ -217,11 +217,12 @@ def _explain(run: protocol.BoardRun, problems: list[str], dut: Any) -> str:
 def localize(dut: Any, variant: str, *, virtual: bool, timeout_s: float, models: Path = MODELS,
              tolerance: dict | None = None, bad_vectors: tuple[int, ...] = (0,)) -> str:
     """Run the board again in dump mode and name the first layer where its intermediates (vector 0)
-    leave the host interpreter's (quant.bisect; ESP32-S3 integer arithmetic on the committed .espdl)."""
+    leave the host interpreter's (quant.espdl.bisect; ESP32-S3 integer arithmetic on the committed .espdl)."""
     try:
-        from quant import bisect, espdl
-        from quant.interpreter import Interpreter
-        from quant.vectors import load_vectors
+        from quant.espdl import bisect
+        from quant.espdl import reader as espdl
+        from quant.espdl.interpreter import Interpreter
+        from quant.variants.vectors import load_vectors
     except ImportError as exc:
         return f"first diverging layer: not localized ({exc.name} is not available in this checkout)"
     try:
@@ -256,7 +257,7 @@ def localize(dut: Any, variant: str, *, virtual: bool, timeout_s: float, models:
 
 def run_variant(dut: Any, variant: str, *, virtual: bool, timeout_s: float = DEFAULT_TIMEOUT_S,
                 models: Path = MODELS, bisect: bool = True) -> BoardOutcome:
-    from quant import compare
+    from quant.board import judge as compare
 
     outcome = BoardOutcome(variant=variant, virtual=virtual, models=Path(models), log_path=getattr(dut, "logfile", None))
     try:
@@ -282,8 +283,8 @@ def run_variant(dut: Any, variant: str, *, virtual: bool, timeout_s: float = DEF
 
 def ensure_firmware(variant: str) -> str | None:
     """Make sure firmware/build_esp32s3_<variant>/ exists and is current, building it with ESP-IDF
-    when it is missing or older than its sources (quant.firmware). None when ready, else what to do."""
-    from quant import firmware
+    when it is missing or older than its sources (quant.board.firmware). None when ready, else what to do."""
+    from quant.board import firmware
 
     reason = firmware.needs_build(variant)
     if reason is None:

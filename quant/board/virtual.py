@@ -4,10 +4,10 @@
 `--pty-file`), and then behaves like `firmware/` on a real board: silent until the host sends
 `reset` (the esp service's hard reset; pyserial flushes input when it opens the port, so anything
 printed earlier would be lost), then an ESP-IDF-like boot log, `BOOT` and `READY`; `run` / `run dump`
-print the result protocol (docs/protocol.md), formatted by quant.protocol.format_line.
+print the result protocol (docs/protocol.md), formatted by quant.board.protocol.format_line.
 
 What is virtual (and labelled so): `BOOT board=virtual`; outputs come from the host .espdl
-interpreter (`source=interpreter`) when quant.interpreter exists, else from the stored PPQ simulator
+interpreter (`source=interpreter`) when quant.espdl.interpreter exists, else from the stored PPQ simulator
 reference (`source=reference`); latency and memory are the .info *estimates* with a small
 deterministic jitter, never measurements. `FAULTS` injects every fault a bench shows.
 
@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quant.budgets import load_budgets
-from quant.compare import allowed_lsb, load_expectations
+from quant.board.budgets import load_budgets
+from quant.board.judge import allowed_lsb, load_expectations
 from quant.errors import UserError
 from quant.paths import MODELS, REPO, VARIANTS, VECTORS_BIN, variant_file
 
@@ -100,7 +100,7 @@ class VariantData:
     tolerance: dict
     embedded: dict[str, Tensor] = field(default_factory=dict)  # the .espdl's test outputs (vector 0)
     interpreter: Interpreted | None = None  # computes outputs and intermediates from the .espdl
-    dump_error: str = "intermediate tensors need the host .espdl interpreter (quant/interpreter.py)"
+    dump_error: str = "intermediate tensors need the host .espdl interpreter (quant/espdl/interpreter.py)"
 
     @property
     def source(self) -> str:
@@ -126,14 +126,14 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _basis_and_value(budget) -> tuple[int, int]:
-    """(basis, value) of a quant.budgets.Budget: the estimate the board pretends to measure, and the limit."""
+    """(basis, value) of a quant.board.budgets.Budget: the estimate the board pretends to measure, and the limit."""
     return round(float(budget.value if budget.basis is None else budget.basis)), budget.value
 
 
 def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", fault: str = "none") -> VariantData:
     """Read what the board needs from models/gesture_model_<variant>/.
 
-    `source`: "interpreter" computes the outputs from the .espdl with quant.interpreter (what a chip
+    `source`: "interpreter" computes the outputs from the .espdl with quant.espdl.interpreter (what a chip
     would compute), "reference" serves the stored simulator ints, "auto" the interpreter when
     the (checked) models/test_vectors.bin belongs to the reference. `fault` matters only for layer_fault,
     which the interpreter injects into one layer so that everything downstream is computed from it."""
@@ -192,7 +192,7 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
 
 def _embedded_test_outputs(espdl: bytes, path: Path) -> dict[str, Tensor]:
     """The test outputs esp-ppq embedded in the .espdl (what ESP-DL's model->test() compares with)."""
-    from quant import espdl as reader  # noqa: PLC0415  (numpy + flatbuffers: fast)
+    from quant.espdl import reader  # noqa: PLC0415  (numpy + flatbuffers: fast)
 
     model = reader.loads(espdl, name=str(path), path=path)
     return {
@@ -202,7 +202,7 @@ def _embedded_test_outputs(espdl: bytes, path: Path) -> dict[str, Tensor]:
 
 
 class Interpreted:
-    """Outputs computed from the .espdl by the host interpreter (quant.interpreter, ESP32-S3 integer
+    """Outputs computed from the .espdl by the host interpreter (quant.espdl.interpreter, ESP32-S3 integer
     semantics), vector by vector when the run reaches it (a few tens of ms each), as a chip computes
     them. With layer_fault, one node's output is perturbed inside the interpreter and every later node
     computes from it, as on a chip with one broken kernel."""
@@ -219,7 +219,7 @@ class Interpreted:
 
     @classmethod
     def open(cls, data: VariantData, espdl_path: Path, models_dir: Path, fault: str) -> Interpreted | None:
-        from quant.vectors import load_vectors  # noqa: PLC0415
+        from quant.variants.vectors import load_vectors  # noqa: PLC0415
 
         try:
             x, _ = load_vectors(models_dir)
@@ -232,7 +232,8 @@ class Interpreted:
         return cls(data.espdl_bytes, espdl_path, vectors, outs, data.input_name, fault)
 
     def _load(self):
-        from quant import espdl, interpreter  # noqa: PLC0415
+        from quant.espdl import reader as espdl
+        from quant.espdl import interpreter  # noqa: PLC0415
 
         model = espdl.loads(self.espdl_bytes, name=str(self.espdl_path), path=self.espdl_path)
         interp = interpreter.Interpreter(model)  # exact_average=False: the chip's arithmetic
@@ -279,7 +280,7 @@ class Interpreted:
 
 
 def _tensor(name: str, q) -> Tensor:
-    """A quant.interpreter.QTensor as the board prints it (shape as held, NHWC)."""
+    """A quant.espdl.interpreter.QTensor as the board prints it (shape as held, NHWC)."""
     return Tensor(name, str(q.dtype), [int(d) for d in q.data.shape], int(q.exponent),
                   [int(v) for v in q.data.reshape(-1)])
 
@@ -295,7 +296,7 @@ class Stop:
 
 
 def _format_line(tag: str, fields: dict, version: int = 1) -> str:
-    from quant.protocol import format_line  # noqa: PLC0415  (numpy: imported when the app starts)
+    from quant.board.protocol import format_line  # noqa: PLC0415  (numpy: imported when the app starts)
 
     return format_line(tag, fields, version) + "\n"
 
@@ -309,7 +310,7 @@ class App:
         if runs < 1:
             raise UserError(f"--runs must be at least 1, not {runs}")
         self.data, self.fault, self.runs = data, fault, runs
-        import quant.protocol  # noqa: F401, PLC0415  (fail at start, not at the first line)
+        import quant.board.protocol  # noqa: F401, PLC0415  (fail at start, not at the first line)
         self.fault_vector = min(FAULT_VECTOR, len(data.reference) - 1)
         self.fault_element = min(FAULT_ELEMENT, len(data.reference[self.fault_vector][0].data) - 1)
         self.lines = 0  # payload lines since BOOT (END carries this count)
@@ -740,7 +741,7 @@ def start(variant: str, *, fault: str | None = None, models_dir: Path = MODELS, 
     pty_file = Path(workdir.name) / "port"
     log = open(Path(workdir.name) / "stderr.txt", "w+b")  # noqa: SIM115  (read on failure)
     cmd = [
-        sys.executable, "-m", "quant.virtual_board", "--variant", variant, "--fault", fault,
+        sys.executable, "-m", "quant.board.virtual", "--variant", variant, "--fault", fault,
         "--models", str(models_dir), "--runs", str(runs), "--source", source,
         "--pty-file", str(pty_file), "--parent-pid", str(os.getpid()),
     ]

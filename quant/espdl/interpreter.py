@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from quant.espdl import EspdlModel, Node, Tensor
+from quant.espdl.reader import EspdlModel, Node, Tensor
 from quant.errors import UserError
 
 RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}

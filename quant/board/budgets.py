@@ -80,7 +80,7 @@ def load_budgets(variant: str, models: Path = MODELS) -> dict[str, Budget]:
 
 
 def measure(run: Any) -> dict[str, int | None]:
-    """Measurements of a `quant.protocol.BoardRun` (None where the board did not print the data)."""
+    """Measurements of a `quant.board.protocol.BoardRun` (None where the board did not print the data)."""
     out: dict[str, int | None] = {name: None for name in BUDGETS}
     out["latency_vector"] = None
     if run.latency:
@@ -155,8 +155,8 @@ def _load_report(path: Path) -> tuple[Path, dict]:
 
 
 def new_budget(name: str, measured: int, headroom: float, identity: Mapping[str, Any], date: str, source: str) -> dict:
-    """A measured budget: value = ceil(measured * (1 + headroom)) (quant.info's rule), with the board's identity."""
-    from quant.info import budget
+    """A measured budget: value = ceil(measured * (1 + headroom)) (quant.variants.info's rule), with the board's identity."""
+    from quant.variants.info import budget
 
     keys = ("board", "fw", "target", "idf", "espdl", "cpu_mhz", "psram_bytes", "cores")
     board = " ".join(f"{k}={identity[k]}" for k in keys if identity.get(k) not in (None, ""))

@@ -59,10 +59,10 @@ def run(args) -> int:
     import torch
     from torch import nn
 
-    from quant import data
+    from quant.variants import data
     from quant.errors import UserError
-    from quant.info import op_macs
-    from quant.model import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, build_model, count_params, export_onnx
+    from quant.variants.info import op_macs
+    from quant.variants.model import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, build_model, count_params, export_onnx
 
     if args.epochs < 1 or args.images < len(data.CLASSES):
         raise UserError(f"--epochs must be >= 1 and --images >= {len(data.CLASSES)}; got {args.epochs} and {args.images}")

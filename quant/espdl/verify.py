@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quant.compare import allowed_lsb
+from quant.board.judge import allowed_lsb
 from quant.errors import UserError
 
 
@@ -62,7 +62,7 @@ def compare(name: str, got, expected) -> OutputCheck:
 
 def verify_model(model, exact_average: bool = False, wide_accumulators: bool = False):
     """Return (checks, notes) for the embedded test values of a loaded EspdlModel."""
-    from quant.interpreter import Interpreter, Note, QTensor
+    from quant.espdl.interpreter import Interpreter, Note, QTensor
 
     if not model.test_inputs or not model.test_outputs:
         raise UserError(f"{model.path} has no embedded test values: export it with esp-ppq export_test_values=True")
@@ -74,7 +74,7 @@ def verify_model(model, exact_average: bool = False, wide_accumulators: bool = F
             raise UserError(f"{model.path} has no test value for input {vi.name!r}")
         inputs[vi.name] = QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
     result = interp.run_named(inputs)
-    from quant.bisect import graph_order
+    from quant.espdl.bisect import graph_order
 
     position = {name: i for i, (name, _) in enumerate(graph_order(model))}
     checks = []
@@ -147,7 +147,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from quant.espdl import load
+    from quant.espdl.reader import load
 
     failed = 0
     for path in args.files:

@@ -2,7 +2,7 @@
 
 Order of work: validate every input (nothing is written before that), decide per variant whether
 its folder is up to date (hash of all inputs, no esp_ppq import), then for each stale variant:
-quantize (quant.quantize) -> reference outputs (quant.reference) -> .info (quant.info) -> .json,
+quantize (quant.variants.quantize) -> reference outputs (quant.variants.reference) -> .info (quant.variants.info) -> .json,
 all into a staging folder next to the target; verify; gate on the spec's quality floor; and only
 then swap the staging folder in. A failure or Ctrl-C leaves the last good folder untouched.
 """
@@ -22,8 +22,6 @@ from pathlib import Path
 from quant import paths
 from quant.errors import UserError
 
-SOURCE_FILES = ("variants.py", "quantize.py", "sensitivity.py", "reference.py", "info.py", "build.py", "data.py",
-                "vectors.py")
 PACKAGES = {"esp_ppq": "esp-ppq", "torch": "torch", "onnx": "onnx", "numpy": "numpy", "onnxruntime": "onnxruntime"}
 PLATFORM = {
     "target": "esp32s3",
@@ -145,15 +143,38 @@ def _code_sha(path: Path) -> str:
     return _sha(ast.dump(ast.parse(Path(path).read_text())).encode())
 
 
+def source_files(module: str = __name__) -> list[Path]:
+    """The files of `module` and of every quant module it imports, at any depth (function-level imports
+    included): the code whose change can change a variant folder."""
+    import ast
+
+    root = paths.REPO
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        base = root / Path(*name.split("."))
+        path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if name in seen or not path.is_file():
+            continue
+        seen[name] = path
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "quant":
+                todo.append(node.module)
+                todo.extend(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                todo.extend(a.name for a in node.names if a.name.split(".")[0] == "quant")
+    return sorted(seen.values())
+
+
 def build_key(args, spec) -> str:
-    here = Path(__file__).parent
     doc = {
         "onnx": _sha_file(args.onnx),
         "data": _data_key(args),
         "vectors": _sha_file(Path(args.vectors) / paths.VECTORS_BIN.name),
         "spec": spec.digest(),
         "versions": versions(),
-        "source": _sha(b"".join(_code_sha(here / f).encode() for f in SOURCE_FILES)),
+        "source": _sha(b"".join(_code_sha(f).encode() for f in source_files())),
     }
     return _sha(json.dumps(doc, sort_keys=True).encode())
 
@@ -207,8 +228,8 @@ class Data:
 
 def check_data(args, n_outputs: int):
     """Validate the data folder (or the synthetic set) against the model -> (user images or None, classes)."""
-    from quant import data
-    from quant.quantize import MIN_CALIB_STEPS
+    from quant.variants import data
+    from quant.variants.quantize import MIN_CALIB_STEPS
 
     if args.data is None:
         user, classes = None, tuple(data.CLASSES)
@@ -232,7 +253,7 @@ def calib_count(args, user) -> int:
 
 
 def load_data(args, user, classes) -> Data:
-    from quant import data
+    from quant.variants import data
 
     if user is None:
         cx, _ = data.calibration(calib_count(args, user))
@@ -290,9 +311,11 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
     """All five files of one variant into `folder`; returns the quality dict (for the gate)."""
     import tomllib
 
-    from quant import info, reference
-    from quant.quantize import copy_outputs, progress
-    from quant.sensitivity import ANALYSIS_IMAGES
+    from quant.variants import info
+
+    from quant.variants import reference
+    from quant.variants.quantize import copy_outputs, progress
+    from quant.variants.sensitivity import ANALYSIS_IMAGES
 
     spec, attempt = result.spec, result.attempt
     graph = attempt.graph
@@ -351,7 +374,7 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
         "tolerance": {"int8_lsb": spec.tolerance.int8_lsb, "int16_lsb": spec.tolerance.int16_lsb,
                       "same_exponent": spec.tolerance.same_exponent, "same_top1": spec.tolerance.same_top1,
                       "reason": spec.tolerance.reason},
-        "source": {"onnx": Path(args.onnx).name, "data": "synthetic gestures (quant.data)" if args.data is None
+        "source": {"onnx": Path(args.onnx).name, "data": "synthetic gestures (quant.variants.data)" if args.data is None
                    else "user image folder", "calibration_images": int(len(data.calib_x))},
         "hashes": {
             "build": key,
@@ -390,7 +413,7 @@ def gate(spec, quality: dict, sensitivity: dict | None) -> str | None:
         need = before * (1 - spec.sensitivity.min_improvement)
         if not after <= need:
             return (f"variant {spec.name}: 16-bit promotion only brought the output noise/signal from {before:.3g} to "
-                    f"{after:.3g} (needs <= {need:.3g}); {where}; raise max_int16_ops in quant/variants.py")
+                    f"{after:.3g} (needs <= {need:.3g}); {where}; raise max_int16_ops in quant/variants/specs.py")
     return None
 
 
@@ -398,8 +421,8 @@ def gate(spec, quality: dict, sensitivity: dict | None) -> str | None:
 
 
 def run(args) -> int:
-    from quant import variants
-    from quant.vectors import load_vectors
+    from quant.variants import specs as variants
+    from quant.variants.vectors import load_vectors
 
     started = time.perf_counter()
     names = list(dict.fromkeys(args.variant or list(variants.VARIANTS)))
@@ -427,7 +450,7 @@ def run(args) -> int:
 
     failures = []
     if stale:
-        from quant.quantize import Inputs, Session, progress
+        from quant.variants.quantize import Inputs, Session, progress
 
         progress(f"loading data and the float model ({Path(args.onnx).name})")
         data = load_data(args, user, classes)
@@ -456,7 +479,7 @@ def run(args) -> int:
                     shutil.rmtree(staging, ignore_errors=True)
                 progress(f"{spec.name}: done in {time.perf_counter() - t0:.1f} s -> {target}")
 
-    from quant import report
+    from quant.variants import report
 
     print()
     print(report.table(out, names))

@@ -453,7 +453,7 @@ class BoardRun:
             f = self.foreign[0]
             out.append(f"the board speaks another protocol: {f.reason} on {len(self.foreign)} line(s), "
                        f"first line {f.line_no}: {_clip(f.text)}; flash a test app built from this "
-                       f"repository (or update quant/protocol.py)")
+                       f"repository (or update quant/board/protocol.py)")
         for r in self.resets:
             if r.marker is None:
                 out.append(f"board rebooted {r.where}: a second BOOT at line {r.line_no}")
@@ -470,7 +470,7 @@ class BoardRun:
             out.append(f"... and {len(self.corrupt) - 5} more corrupt lines")
         for b in self.unknown[:5]:
             out.append(f"line {b.line_no}: unknown tag {b.reason}, not used (firmware newer than "
-                       f"quant/protocol.py?): {_clip(b.text)}")
+                       f"quant/board/protocol.py?): {_clip(b.text)}")
         for line_no, code, msg in self.errors:
             out.append(f"the board reported ERROR code={code} msg={msg} (line {line_no})")
         out.extend(self.inconsistencies)

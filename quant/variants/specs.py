@@ -1,6 +1,6 @@
 """The three ESP32-S3 variants, as data.
 
-A variant is a `VariantSpec`: the pipeline in `quant.quantize` has one code path that reads these
+A variant is a `VariantSpec`: the pipeline in `quant.variants.quantize` has one code path that reads these
 fields; a new variant is a new entry in `VARIANTS`, not new code. Every field ends up verbatim in
 the variant's `.json` (`spec`), and its hash is part of the incremental-build key.
 """

@@ -237,7 +237,7 @@ def compare_outputs(
 
 
 def from_board_run(run: Any) -> tuple[dict[int, dict[str, Tensor]], dict[int, InputSeen]]:
-    """Adapt a `quant.protocol.BoardRun` to the plain mappings `compare_outputs` takes."""
+    """Adapt a `quant.board.protocol.BoardRun` to the plain mappings `compare_outputs` takes."""
     outputs = {
         int(vec): {
             name: Tensor(t.dtype, tuple(int(d) for d in t.shape), int(t.exponent),

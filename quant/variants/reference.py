@@ -65,7 +65,7 @@ def document(variant: str, entries: list[dict], vectors_sha256: str, espdl_sha25
 
 def check_embedded(espdl: Path, entries: list[dict]) -> None:
     """Vector 0's reference ints must equal the test outputs embedded in the .espdl."""
-    from quant import espdl as reader
+    from quant.espdl import reader
 
     embedded = reader.load(espdl).test_outputs
     for name, t in entries[0]["tensors"].items():

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from quant import budgets as _budgets
+from quant.board import budgets as _budgets
 from quant.paths import VARIANTS, variant_file
 
 FORMAT = 1
@@ -38,7 +38,7 @@ def _sha256(path: Path) -> str | None:
 
 
 def variant_entry(outcome: Any, results: Mapping[str, tuple[str, str]] | None = None) -> dict:
-    """The JSON-able record of one variant's board session (a quant.board_session.BoardOutcome)."""
+    """The JSON-able record of one variant's board session (a quant.board.session.BoardOutcome)."""
     run = outcome.run
     entry: dict[str, Any] = {
         "board": "virtual" if outcome.virtual else "chip",

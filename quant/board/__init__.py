@@ -1,0 +1,1 @@
+"""The board side: protocol, judge, budgets, session, virtual board, reports, firmware build."""

@@ -1,0 +1,1 @@
+"""The .espdl tools: reader, host interpreter, verify, bisect."""

@@ -1,0 +1,1 @@
+"""Building the variants: data, model, specs, quantize, reference, info, build, report."""
