@@ -350,7 +350,7 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
         "int16_ops": len(int16),
         "peak_activation_bytes": peak,
     }
-    budgets = info.budgets(macs, int16, peak, params, model["espdl_bytes"], n_nodes)
+    budgets = info.budgets(espdl, peak, params, model["espdl_bytes"], n_nodes)
     budgets.update(kept_budgets(paths.variant_dir(spec.name, args.out), stem, espdl_sha))
     worst_source = (f"grouped sensitivity (compute op + its Clip/Relu; only that group quantized, graph output "
                     f"noise/signal vs the dequantized graph, first {ANALYSIS_IMAGES} calibration images)")

@@ -16,6 +16,7 @@ esp-ppq's banner, tqdm bars and per-pass lines are captured; one progress line p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import shutil
 import sys
@@ -183,6 +184,26 @@ class Inputs:
 # ----------------------------------------------------------------------------- attempts
 
 
+def estimated_latency_us(attempt: "Attempt") -> float:
+    from quant.espdl import reader
+    from quant.variants import latency
+
+    return latency.estimate(reader.load(attempt.espdl))[0]
+
+
+def point(attempt: "Attempt", int16_ops: list[str]) -> dict:
+    """One state of the int16 search: what it costs and what it buys."""
+    return {"int16_ops": list(int16_ops), "int16_op_count": len(int16_ops), "noise_signal": attempt.noise_signal,
+            "latency_us": round(estimated_latency_us(attempt)), "espdl_bytes": attempt.espdl.stat().st_size}
+
+
+def group_costs(points: list[dict]) -> list[dict]:
+    """What each kept promotion step cost (int8 -> int16): estimated latency and size, and what it bought."""
+    return [{"promoted": [o for o in b["int16_ops"] if o not in a["int16_ops"]],
+             "latency_us": b["latency_us"] - a["latency_us"], "espdl_bytes": b["espdl_bytes"] - a["espdl_bytes"],
+             "noise_signal": b["noise_signal"] - a["noise_signal"]} for a, b in zip(points, points[1:])]
+
+
 def int16_platform():
     """ESPDL_S3_H_PRE_INT16: the S3's int16 (same bits, 40-bit bias, rounding) with a float64 simulation.
     ESPDL_S3_INT16 simulates int16 Conv/Gemm in float32, which cannot hold int16 x int16 sums: its reference
@@ -260,14 +281,37 @@ class Session:
         import_esp_ppq()
 
     def prepared(self, spec: VariantSpec) -> tuple[bytes, dict | None]:
-        key = spec.relu6
+        """The working float graph: the ReLU6 policy applied, then (if the spec says so) distilled towards
+        the unedited graph on the calibration images."""
+        key = (spec.relu6, spec.distillation)
         if key not in self._prepared:
-            self._prepared[key] = prepare_onnx(self.inputs.onnx, spec)
+            model, record = prepare_onnx(self.inputs.onnx, spec)
+            if spec.distillation is not None and record is not None:
+                from quant.variants.distill import distill
+
+                teacher, _ = prepare_onnx(self.inputs.onnx, dataclasses.replace(spec, relu6="keep"))
+                start = time.perf_counter()
+                tuned, losses = distill(model, teacher, self.inputs.calib_x, spec.distillation)
+                seconds = time.perf_counter() - start
+                f = self.inputs.float_outputs("heldout")
+                record["distillation"] = {
+                    **dataclasses.asdict(spec.distillation), **losses,
+                    "images_used": int(min(spec.distillation.images, len(self.inputs.calib_x))),
+                    "float_noise_signal_before": noise_signal(self.inputs.float_outputs("heldout", model), f),
+                    "float_noise_signal_after": noise_signal(self.inputs.float_outputs("heldout", tuned), f),
+                    "float_top1_before": self.float_top1(model),
+                    "measured_on": "held-out images, float graph vs the original float model",
+                }
+                progress(f"  [{spec.name}] distilled towards the float model: held-out float noise/signal "
+                         f"{record['distillation']['float_noise_signal_before']:.3e} -> "
+                         f"{record['distillation']['float_noise_signal_after']:.3e}  ({seconds:.1f} s)")
+                model = tuned
+            self._prepared[key] = (model, record)
         return self._prepared[key]
 
     # -- one esp-ppq call
     def quantize(self, spec: VariantSpec, observer: str, int16_ops: tuple[str, ...] = ()) -> Attempt:
-        key = (spec.relu6, spec.equalization, spec.bits, spec.calibration, observer,
+        key = (spec.relu6, spec.distillation, spec.equalization, spec.bits, spec.calibration, observer,
                tuple(sorted(int16_ops)))
         if key in self._attempts:
             return self._attempts[key]
@@ -355,17 +399,22 @@ class Session:
             attempt.ranking = rank(attempt.graph, self.inputs.calib_x[:ANALYSIS_IMAGES])
         return attempt.ranking
 
-    # -- stage 3: greedy grouped 16-bit promotion
+    # -- stage 3: greedy grouped 16-bit promotion, then the smallest promotion that meets the target
     def search_int16(self, spec: VariantSpec, base: Attempt) -> tuple[Attempt, dict]:
         """Walk the base ranking (one group quantized at a time, so it does not depend on which other groups
         are 16-bit): promote each group, its consumers and, for an op joining several inputs (Add), every
         input's producer; re-quantize; keep the step only if the output error fell (the first step is always
-        kept); stop at the target, the cap, or after `max_rejected_steps` rejected steps in a row."""
+        kept); stop at the target, the cap, or after `max_rejected_steps` rejected steps in a row.
+        Every kept state is a point (output error, estimated latency, .espdl size); the result is the first
+        (smallest) one that meets the error target within the latency cap, or, when none does, the one with the
+        lowest error within the cap (the record says which)."""
         s = spec.sensitivity
         ranking = self.ranking(base)
         all_groups = groups(base.graph)
         by_name = {g.name: g for g in all_groups}
+        cap_us = None if s.max_latency_factor is None else s.max_latency_factor * estimated_latency_us(base)
         current, promoted, steps, rejected = base, [], [], 0
+        points = [point(base, [])]
         stop = "every group promoted"
         for top in ranking:
             if set(top["ops"]) <= set(promoted):
@@ -383,10 +432,13 @@ class Session:
                 break
             trial = self.quantize(spec, base.observer, tuple(promoted + new))
             accepted = not promoted or trial.noise_signal < current.noise_signal
+            p = point(trial, promoted + new)
             steps.append({"group": top["group"], "group_noise_signal": top["noise_signal"], "promoted": new,
-                          "noise_signal_after": trial.noise_signal, "accepted": accepted})
+                          "noise_signal_after": trial.noise_signal, "latency_us": p["latency_us"],
+                          "espdl_bytes": p["espdl_bytes"], "accepted": accepted})
             progress(f"  [{spec.name}] int16 <- {top['group']} (+{len(new)} ops)  output noise/signal "
-                     f"{trial.noise_signal:.3e}{'' if accepted else '  rejected (no better)'}  ({trial.seconds:.1f} s)")
+                     f"{trial.noise_signal:.3e}, ~{p['latency_us'] / 1000:.1f} ms"
+                     f"{'' if accepted else '  rejected (no better)'}  ({trial.seconds:.1f} s)")
             if not accepted:
                 rejected += 1
                 if rejected >= s.max_rejected_steps:
@@ -396,9 +448,19 @@ class Session:
             rejected = 0
             promoted += new
             current = trial
+            points.append(p)
             if current.noise_signal <= s.target_noise_signal:
                 stop = f"target {s.target_noise_signal:g} reached"
                 break
+        within = [p for p in points if cap_us is None or p["latency_us"] <= cap_us]
+        meets = [p for p in within if p["noise_signal"] <= s.target_noise_signal]
+        chosen = meets[0] if meets else min(within, key=lambda p: p["noise_signal"])
+        choice = (f"the smallest promotion that meets the target {s.target_noise_signal:g}" if meets else
+                  f"no promotion meets the target {s.target_noise_signal:g}"
+                  + ("" if cap_us is None else " within the latency cap")
+                  + ": the lowest output error" + ("" if cap_us is None else " within the cap"))
+        current = self.quantize(spec, base.observer, tuple(chosen["int16_ops"])) if chosen["int16_ops"] else base
+        costs = group_costs(points)
         x = self.inputs.calib_x[:ANALYSIS_IMAGES]
         initial_ranking = ranking
         record = {
@@ -408,6 +470,12 @@ class Session:
             "ranking": [{"group": r["group"], "ops": r["ops"], "noise_signal": r["noise_signal"]} for r in initial_ranking],
             "steps": steps,
             "stop": stop,
+            "latency_cap_us": None if cap_us is None else round(cap_us),
+            "latency_method": "quant.variants.latency per-operator model of the exported .espdl",
+            "pareto": [{k: p[k] for k in ("int16_op_count", "noise_signal", "latency_us", "espdl_bytes")} for p in points],
+            "choice": choice,
+            "chosen_int16_op_count": len(chosen["int16_ops"]),
+            "promotion_costs": costs,
             "noise_signal_before": base.noise_signal,
             "noise_signal_after": current.noise_signal,
             "cosine_before": base.cosine,
@@ -434,6 +502,9 @@ class Session:
                     "opt_level": spec.equalization.opt_level,
                 },
                 "pairs": len(chosen.equalization_pairs),
+                "noise_signal_without_equalization": None if spec.equalization is None else self.quantize(
+                    dataclasses.replace(spec, equalization=None), chosen.observer, chosen.int16_ops).noise_signal,
+                "noise_signal_with_equalization": chosen.noise_signal,
                 "pair_list": chosen.equalization_pairs,
             }
         return Result(spec, chosen, calibration, sensitivity, equalization)

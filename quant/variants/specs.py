@@ -12,6 +12,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from quant.variants.distill import Distillation
+
 # activation observers esp-ppq offers that we are willing to measure; "kl" is deliberately not
 # among the defaults (docs: it clipped a ReLU6 at 0.5 and took accuracy from 100 % to 24 %).
 OBSERVERS = ("percentile", "minmax", "mse", "kl")
@@ -48,6 +50,7 @@ class SensitivitySearch:
     promote_consumers: bool = True  # also promote the direct downstream consumers' groups
     max_rejected_steps: int = 3  # stop after this many steps in a row that did not lower the output error
     min_improvement: float = 0.10  # the result must cut int8's output error by at least this fraction
+    max_latency_factor: float | None = None  # cap: estimated latency <= this x the all-8-bit graph's (quant.variants.latency)
     analysis_images: int = 64  # calibration images used to rank the groups
 
 
@@ -70,6 +73,7 @@ class VariantSpec:
     relu6: str = "keep"  # one of RELU6_POLICIES
     calibration: Calibration = Calibration()
     equalization: Equalization | None = None
+    distillation: Distillation | None = None  # fine-tune the edited float graph towards the original (after the ReLU6 swap)
     sensitivity: SensitivitySearch | None = None
     floor_drop_points: float = 1.0  # quality gate: max top-1 drop vs float on the held-out set, points
     tolerance: Tolerance = Tolerance()
@@ -102,14 +106,15 @@ VARIANTS: dict[str, VariantSpec] = {
     "mixed": VariantSpec(
         name="mixed",
         summary="8-bit, with the measurably most sensitive layer groups (and their consumers) 16-bit",
-        sensitivity=SensitivitySearch(target_noise_signal=0.002, max_int16_ops=24),
+        sensitivity=SensitivitySearch(target_noise_signal=0.002, max_int16_ops=24, max_latency_factor=1.5),
         floor_drop_points=0.3,
     ),
     "balanced": VariantSpec(
         name="balanced",
-        summary="every ReLU6 -> ReLU, then layerwise weight equalization, 8-bit",
+        summary="every ReLU6 -> ReLU, distilled back towards the float model, then layerwise weight equalization, 8-bit",
         relu6="to_relu",
         equalization=Equalization(iterations=4, value_threshold=0.4, opt_level=2),
+        distillation=Distillation(),
         floor_drop_points=0.5,
     ),
 }
