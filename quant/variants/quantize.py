@@ -222,6 +222,7 @@ def calibration_batch(spec: VariantSpec, n: int) -> int:
 class Attempt:
     observer: str
     int16_ops: tuple[str, ...]
+    per_layer: tuple[tuple[str, str], ...]  # (op, observer) overrides of the global observer
     folder: Path  # holds model.espdl, model.info (graph dump), model.json (esp-ppq's), work.onnx
     graph: object
     noise_signal: float  # graph output vs float, calibration set
@@ -310,9 +311,11 @@ class Session:
         return self._prepared[key]
 
     # -- one esp-ppq call
-    def quantize(self, spec: VariantSpec, observer: str, int16_ops: tuple[str, ...] = ()) -> Attempt:
-        key = (spec.relu6, spec.distillation, spec.equalization, spec.bits, spec.calibration, observer,
-               tuple(sorted(int16_ops)))
+    def quantize(self, spec: VariantSpec, observer: str, int16_ops: tuple[str, ...] = (),
+                 per_layer: tuple[tuple[str, str], ...] = ()) -> Attempt:
+        per_layer = tuple(sorted(per_layer))
+        key = (spec.relu6, spec.distillation, spec.equalization, spec.bits, spec.calibration.candidates,
+               spec.calibration.images, spec.calibration.batch, observer, tuple(sorted(int16_ops)), per_layer)
         if key in self._attempts:
             return self._attempts[key]
         import torch
@@ -333,6 +336,8 @@ class Session:
             eq.value_threshold = spec.equalization.value_threshold
             eq.opt_level = spec.equalization.opt_level
             eq.interested_layers = None
+        for name, layer_observer in per_layer:
+            setting.quantize_activation_setting.calib_algorithm_per_layer[name] = layer_observer
         int16 = int16_platform()
         for name in sorted(int16_ops):
             setting.dispatching_table.append(name, int16)
@@ -369,7 +374,7 @@ class Session:
         q = run_graph(TorchExecutor(graph=graph, device="cpu"), x[:MEASURE_IMAGES])
         # against the float graph this attempt quantizes (after the ReLU6 swap): the quantization error proper
         f = self.inputs.float_outputs("calib", self.prepared(spec)[0])[:MEASURE_IMAGES]
-        attempt = Attempt(observer, tuple(sorted(int16_ops)), folder, graph, noise_signal(q, f), cosine(q, f),
+        attempt = Attempt(observer, tuple(sorted(int16_ops)), per_layer, folder, graph, noise_signal(q, f), cosine(q, f),
                           seconds, pairs)
         self._attempts[key] = attempt
         return attempt
@@ -391,7 +396,31 @@ class Session:
             "candidates": tried,
             "int16_layers": "minmax (per layer)",
         }
-        return self.quantize(spec, best["algorithm"]), record
+        chosen = self.quantize(spec, best["algorithm"])
+        if spec.calibration.per_layer_groups:
+            chosen, record["per_layer"] = self.per_layer_calibration(spec, chosen)
+        return chosen, record
+
+    def per_layer_calibration(self, spec: VariantSpec, base: Attempt) -> tuple[Attempt, dict]:
+        """Greedy, bounded: for each of the most sensitive layer groups, try every other candidate observer on
+        that group's ops; keep it where the graph-output error falls."""
+        current, tried = base, []
+        for top in self.ranking(base)[: spec.calibration.per_layer_groups]:
+            for observer in spec.calibration.candidates:
+                if observer == base.observer:
+                    continue
+                overrides = dict(current.per_layer) | {op: observer for op in top["ops"]}
+                trial = self.quantize(spec, base.observer, base.int16_ops, tuple(overrides.items()))
+                kept = trial.noise_signal < current.noise_signal
+                tried.append({"group": top["group"], "observer": observer, "noise_signal": trial.noise_signal,
+                              "kept": kept})
+                progress(f"  [{spec.name}] per-layer {observer:<10} on {top['group']}: output noise/signal "
+                         f"{trial.noise_signal:.3e}{'  kept' if kept else ''}  ({trial.seconds:.1f} s)")
+                if kept:
+                    current = trial
+        return current, {"groups": spec.calibration.per_layer_groups, "tried": tried,
+                         "overrides": [{"op": op, "observer": obs} for op, obs in current.per_layer],
+                         "noise_signal_before": base.noise_signal, "noise_signal_after": current.noise_signal}
 
     # -- grouped sensitivity of an attempt (memoised: int8's ranking is mixed's starting point)
     def ranking(self, attempt: Attempt) -> list[dict]:
@@ -430,7 +459,7 @@ class Session:
             if promoted and len(promoted) + len(new) > s.max_int16_ops:
                 stop = f"cap of {s.max_int16_ops} int16 ops"
                 break
-            trial = self.quantize(spec, base.observer, tuple(promoted + new))
+            trial = self.quantize(spec, base.observer, tuple(promoted + new), base.per_layer)
             accepted = not promoted or trial.noise_signal < current.noise_signal
             p = point(trial, promoted + new)
             steps.append({"group": top["group"], "group_noise_signal": top["noise_signal"], "promoted": new,
@@ -459,7 +488,8 @@ class Session:
                   f"no promotion meets the target {s.target_noise_signal:g}"
                   + ("" if cap_us is None else " within the latency cap")
                   + ": the lowest output error" + ("" if cap_us is None else " within the cap"))
-        current = self.quantize(spec, base.observer, tuple(chosen["int16_ops"])) if chosen["int16_ops"] else base
+        current = (self.quantize(spec, base.observer, tuple(chosen["int16_ops"]), base.per_layer)
+                   if chosen["int16_ops"] else base)
         costs = group_costs(points)
         x = self.inputs.calib_x[:ANALYSIS_IMAGES]
         initial_ranking = ranking
@@ -503,7 +533,8 @@ class Session:
                 },
                 "pairs": len(chosen.equalization_pairs),
                 "noise_signal_without_equalization": None if spec.equalization is None else self.quantize(
-                    dataclasses.replace(spec, equalization=None), chosen.observer, chosen.int16_ops).noise_signal,
+                    dataclasses.replace(spec, equalization=None), chosen.observer, chosen.int16_ops,
+                    chosen.per_layer).noise_signal,
                 "noise_signal_with_equalization": chosen.noise_signal,
                 "pair_list": chosen.equalization_pairs,
             }

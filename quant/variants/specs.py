@@ -29,6 +29,10 @@ class Calibration:
     candidates: tuple[str, ...] = ("percentile", "minmax", "mse")
     images: int = 256  # calibration images (the CLI's --calib overrides)
     batch: int = 32
+    # then try the other candidates per layer group on this many most sensitive groups (greedy, kept where the
+    # output error falls). Off by default: on the default model's int8 (4 groups x 2 observers) it never lowered
+    # the error (4.979e-3 unchanged or worse) and took 14 s
+    per_layer_groups: int = 0
 
 
 @dataclass(frozen=True)
