@@ -1,6 +1,7 @@
 """The variants are data: three specs, one pipeline that never names a variant."""
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quant.variants import specs as variants
+from quant import paths
 from quant.errors import UserError
 from quant.variants.quantize import relu6_to_relu
 
@@ -88,3 +90,33 @@ def test_global_average_pool_becomes_an_equivalent_reduce_mean():
     assert gap_to_reduce_mean(model) == 1 and model.graph.node[0].op_type == "ReduceMean"
     onnx.checker.check_model(model)
     np.testing.assert_allclose(run(model), before, rtol=1e-6)
+
+
+def test_mixed_takes_the_smallest_promotion_that_meets_its_target_within_the_latency_cap():
+    from quant.variants.quantize import choose_promotion
+
+    pts = [{"int16_op_count": n, "noise_signal": e, "latency_us": us} for n, e, us in
+           [(0, 5e-3, 100), (3, 3e-3, 120), (7, 1.5e-3, 140), (12, 1e-3, 200)]]
+    assert choose_promotion(pts, 2e-3, None)[0]["int16_op_count"] == 7
+    assert choose_promotion(pts, 2e-3, 150)[0]["int16_op_count"] == 7
+    chosen, why = choose_promotion(pts, 1e-3, 150)  # the target needs 200 us: none meets it within the cap
+    assert chosen["int16_op_count"] == 7 and why.startswith("no promotion meets the target")
+    assert choose_promotion(pts, 1e-4, 110)[0]["int16_op_count"] == 0
+
+
+def test_the_committed_mixed_variant_records_its_search_points():
+    meta = json.loads(paths.variant_file("mixed", ".json").read_text())
+    s = meta["sensitivity"]
+    assert [p["int16_op_count"] for p in s["pareto"]] == sorted(p["int16_op_count"] for p in s["pareto"])
+    assert s["pareto"][0]["int16_op_count"] == 0
+    assert s["chosen_int16_op_count"] == len(meta["int16_layers"])
+    cap = s["latency_cap_us"]
+    chosen = next(p for p in s["pareto"] if p["int16_op_count"] == s["chosen_int16_op_count"])
+    assert cap is None or chosen["latency_us"] <= cap
+
+
+def test_the_committed_balanced_variant_was_distilled_and_equalized_measurably():
+    eq = json.loads(paths.variant_file("balanced", ".json").read_text())["equalization"]
+    d = eq["relu6"]["distillation"]
+    assert d["float_noise_signal_after"] < d["float_noise_signal_before"]
+    assert eq["noise_signal_with_equalization"] < eq["noise_signal_without_equalization"]

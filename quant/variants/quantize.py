@@ -197,6 +197,17 @@ def point(attempt: "Attempt", int16_ops: list[str]) -> dict:
             "latency_us": round(estimated_latency_us(attempt)), "espdl_bytes": attempt.espdl.stat().st_size}
 
 
+def choose_promotion(points: list[dict], target: float, cap_us: float | None) -> tuple[dict, str]:
+    """The first (smallest) search state that meets the error target within the latency cap; when none does,
+    the one with the lowest error within the cap. `points[0]` (no promotion) is always within the cap."""
+    within = [p for p in points if cap_us is None or p["latency_us"] <= cap_us]
+    meets = [p for p in within if p["noise_signal"] <= target]
+    if meets:
+        return meets[0], f"the smallest promotion that meets the target {target:g}"
+    cap = "" if cap_us is None else " within the latency cap"
+    return min(within, key=lambda p: p["noise_signal"]), f"no promotion meets the target {target:g}{cap}: the lowest output error{cap}"
+
+
 def group_costs(points: list[dict]) -> list[dict]:
     """What each kept promotion step cost (int8 -> int16): estimated latency and size, and what it bought."""
     return [{"promoted": [o for o in b["int16_ops"] if o not in a["int16_ops"]],
@@ -481,13 +492,7 @@ class Session:
             if current.noise_signal <= s.target_noise_signal:
                 stop = f"target {s.target_noise_signal:g} reached"
                 break
-        within = [p for p in points if cap_us is None or p["latency_us"] <= cap_us]
-        meets = [p for p in within if p["noise_signal"] <= s.target_noise_signal]
-        chosen = meets[0] if meets else min(within, key=lambda p: p["noise_signal"])
-        choice = (f"the smallest promotion that meets the target {s.target_noise_signal:g}" if meets else
-                  f"no promotion meets the target {s.target_noise_signal:g}"
-                  + ("" if cap_us is None else " within the latency cap")
-                  + ": the lowest output error" + ("" if cap_us is None else " within the cap"))
+        chosen, choice = choose_promotion(points, s.target_noise_signal, cap_us)
         current = (self.quantize(spec, base.observer, tuple(chosen["int16_ops"]), base.per_layer)
                    if chosen["int16_ops"] else base)
         costs = group_costs(points)
