@@ -4,7 +4,9 @@ balanced replaces every ReLU6 by ReLU so that equalization can cross the activat
 ReLU6 then computes another function (its activations reach far beyond 6). `distill` fine-tunes the edited
 ONNX graph's weights so that its logits follow the original model's (the teacher) on unlabelled images:
 loss = KL(softmax(teacher / T) || softmax(student / T)) x T^2. No labels are needed, so a user's image folder
-works as well as the synthetic set. Deterministic: fixed seed, one thread, fixed batch order, CPU.
+works as well as the synthetic set. Deterministic: fixed seed, one thread, fixed batch order, CPU, and trained in
+float64 (rounded to float32 at the end), so that CPU-specific float32 kernels cannot steer the weights apart
+from one x86-64 machine to another.
 
 The ONNX graph runs in torch through a small executor (`OnnxModule`) that covers the operators of
 convolutional classifiers; another operator is a clear error naming it.
@@ -61,13 +63,15 @@ def _module_class():
                 arr = numpy_helper.to_array(t)
                 if t.name in trainable and arr.dtype == np.float32:
                     key = f"p{len(self.params)}"
-                    self.params[key] = nn.Parameter(torch.from_numpy(arr.copy()))
+                    self.params[key] = nn.Parameter(torch.from_numpy(arr.astype(np.float64)))
                     self.names[t.name] = key
                 else:
-                    self.consts[t.name] = torch.from_numpy(np.array(arr))
+                    self.consts[t.name] = torch.from_numpy(np.array(arr, np.float64 if arr.dtype == np.float32 else None))
             for n in self.graph.node:
                 if n.op_type == "Constant":
-                    self.consts[n.output[0]] = torch.from_numpy(np.array(numpy_helper.to_array(_attrs(n)["value"])))
+                    value = numpy_helper.to_array(_attrs(n)["value"])
+                    self.consts[n.output[0]] = torch.from_numpy(
+                        np.array(value, np.float64 if value.dtype == np.float32 else None))
             supported = {"Conv", "Relu", "Clip", "Add", "Sub", "Mul", "ReduceMean", "GlobalAveragePool", "Flatten",
                          "Gemm", "Reshape", "MatMul", "Softmax", "Constant", "Identity", "AveragePool", "MaxPool",
                          "Concat", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Transpose"}
@@ -167,7 +171,7 @@ def distill(student: bytes, teacher_model: bytes, images: np.ndarray, cfg: Disti
     teacher = module(onnx.load_from_string(teacher_model)).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    x = torch.from_numpy(np.ascontiguousarray(images[: cfg.images], dtype=np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(images[: cfg.images], dtype=np.float64))
     with torch.no_grad():
         t = teacher(x).reshape(len(x), -1)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
@@ -206,5 +210,6 @@ def distill(student: bytes, teacher_model: bytes, images: np.ndarray, cfg: Disti
         after = float(loss_of(net(x).reshape(len(x), -1), t))
     for init in model.graph.initializer:
         if init.name in net.names:
-            init.CopyFrom(numpy_helper.from_array(net.params[net.names[init.name]].detach().numpy(), init.name))
+            weights = net.params[net.names[init.name]].detach().numpy().astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(weights, init.name))
     return model.SerializeToString(), {"kd_loss_before": before, "kd_loss_after": after}
