@@ -4,7 +4,6 @@ starts fast, and never outlives its owner. Runs on the committed models (the int
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from quant.paths import MODELS, REPO, VARIANTS, variant_file
 from quant.board.protocol import parse_transcript
 from quant.variants.vectors import load_vectors
 
-from vboard_fixtures import make_models
+from target_fixtures import make_models
 
 VARIANT = "int8"
 pytestmark = pytest.mark.skipif(not all(variant_file(v, ".espdl").exists() for v in VARIANTS),
@@ -83,7 +82,7 @@ def test_the_board_emits_through_the_protocol_emitter(models):
     run = parse_transcript(text)
     emitter = Emitter()
     t = run.tensors[0][next(iter(run.tensors[0]))]
-    expected = emitter.tensor(0, t.name, t.dtype, t.shape, t.exp if hasattr(t, "exp") else t.exponent, t.data)
+    expected = emitter.tensor(0, t.name, t.dtype, t.shape, t.exponent, t.data)
     assert expected in text
     assert run.end["lines"] == run.lines_received
 
@@ -191,7 +190,7 @@ def test_layer_fault_breaks_one_layer_and_everything_downstream(models):
 
 
 def test_a_folder_without_its_own_vectors_is_a_one_line_error_never_a_replay(tmp_path):
-    folder = make_models(tmp_path / "m")  # a variant folder, no test_vectors.bin beside it
+    folder = make_models(tmp_path / "m", (VARIANT,))  # a variant folder, no test_vectors.bin beside it
     with pytest.raises(UserError) as exc:
         vb.load_variant(VARIANT, folder)
     message = str(exc.value)

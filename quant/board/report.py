@@ -150,7 +150,7 @@ def markdown_table(report: dict) -> str:
 
 def _title(report: dict) -> str:
     kind = {"virtual": "virtual board (latency and memory are .info estimates, not measurements)",
-            "chip": "ESP32-S3 board", "mixed": "virtual board and chip"}[report["board"]]
+            "chip": "ESP32-S3 board", "mixed": "virtual board and chip"}.get(report["board"], f"{report['board']} board")
     fault = f", injected fault: {report['virtual_fault']}" if report.get("virtual_fault") not in (None, "none") else ""
     verdict = "PASSED" if report["passed"] else "FAILED"
     return f"Target run {report['created']}: {verdict} on a {kind}{fault}"

@@ -180,8 +180,8 @@ def load_variant(variant: str, models_dir: Path = MODELS, fault: str = "none") -
         psram_budget=psram[1],
         tolerance=dict(config.get("tolerance") or {}),
     )
+    data.interpreter = Interpreted.open(data, espdl_path, models_dir, fault)  # first: the folder's own vectors
     data.embedded = _embedded_test_outputs(espdl, espdl_path)
-    data.interpreter = Interpreted.open(data, espdl_path, models_dir, fault)
     return data
 
 
