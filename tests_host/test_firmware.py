@@ -292,6 +292,20 @@ def test_quant_firmware_models_dir_embeds_that_folder_and_a_build_of_another_fol
     assert firmware.needs_build("int8") == f"firmware/build_esp32s3_int8 embeds the models of {mine}, not models"
 
 
+def test_the_chip_board_builds_the_firmware_of_its_models_folder_before_flashing(fake_repo, tmp_path):
+    from quant.board.boards import ChipBoard
+
+    mine = tmp_path / "mine"
+    shutil.copytree(fake_repo / "models", mine)
+    board = ChipBoard(mine, port="/dev/ttyUSB0")
+    assert board.build("int8") is None  # built now, with the folder in the command
+    assert f"-DGM_MODELS_DIR={mine}" in json.loads((firmware.build_dir("int8") / "argv.json").read_text())
+    assert board.build_dir("int8") == str(firmware.build_dir("int8"))
+    shutil.rmtree(paths.variant_dir("mixed", mine))
+    assert board.build("mixed").endswith(f"build it with `quant build --variant mixed --models-dir {mine}` "
+                                         "(or test only the variants you built: -k)")
+
+
 def test_a_changed_sdkconfig_default_starts_a_fresh_sdkconfig_and_an_unchanged_one_keeps_it(fake_repo):
     sdkconfig = firmware.build_dir("balanced") / "sdkconfig"
     sdkconfig.parent.mkdir(parents=True)

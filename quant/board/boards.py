@@ -24,8 +24,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from quant import paths
 from quant.errors import UserError
-from quant.paths import FIRMWARE, VARIANTS, variant_file
+from quant.paths import VARIANTS, variant_file
 
 TARGET = "esp32s3"
 READ_PAUSE_S = 0.005  # pexpect's pause after each read of the DUT log (its default 0.1 ms busy-polls)
@@ -201,7 +202,7 @@ class ChipBoard(Board):
         return None
 
     def build_dir(self, variant: str) -> str | None:
-        return str(FIRMWARE / f"build_{self.target}_{variant}")
+        return str(paths.FIRMWARE / f"build_{self.target}_{variant}")
 
     def start(self, variant: str) -> str | None:
         return self.given_port or os.environ.get("ESPPORT")
