@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from quant.board import boards
+from quant.errors import UserError
 from quant.paths import FIRMWARE, MODELS, REPO, VARIANTS, variant_file
 
 TARGET = "esp32s3"
@@ -39,8 +40,9 @@ _BOARD = pytest.StashKey[object]()  # this run's quant.board.boards.Board, or No
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gesture board", "gesture-model target tests")
-    group.addoption("--virtual-board", action="store_true",
-                    help="run the board tests against a virtual board (quant virtual-board) instead of a chip")
+    for kind in boards.KINDS.values():  # each board that a flag picks (--virtual-board, ...)
+        if kind.flag:
+            group.addoption(kind.flag[0], action="store_true", help=kind.flag[1])
     group.addoption("--virtual-fault", default="none", metavar="NAME",
                     help="inject this fault into the virtual board (see quant.board.virtual.FAULTS)")
     group.addoption("--board-timeout", type=float, default=25.0, metavar="SECONDS",
@@ -58,8 +60,10 @@ def _models(config: pytest.Config) -> Path:
 
 def _select(config: pytest.Config):
     """This run's quant.board.boards.Board (virtual, a chip on --port/ESPPORT), or None: board tests skip."""
-    return boards.select(virtual=bool(config.getoption("virtual_board")), port=config.getoption("port", None),
-                         models=_models(config), fault=config.getoption("virtual_fault"))
+    try:
+        return boards.select(lambda name: config.getoption(name, None), _models(config))
+    except UserError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _new_run_dir() -> Path:
@@ -80,8 +84,6 @@ def pytest_configure(config: pytest.Config) -> None:
     virtual = bool(config.getoption("virtual_board"))
     if config.getoption("virtual_fault") != "none" and not virtual:
         raise pytest.UsageError("--virtual-fault needs --virtual-board")
-    if virtual and config.getoption("port", None):
-        raise pytest.UsageError("--virtual-board and --port exclude each other: pick the virtual board or a chip")
     if virtual:
         from quant.board.virtual import FAULTS
 

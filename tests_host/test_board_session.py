@@ -9,6 +9,7 @@ import pytest
 from target_fixtures import transcript
 
 from quant.board.boards import VirtualBoard
+from quant.errors import UserError
 from quant.board.session import BoardSessionError, run_board
 from quant.board.protocol import format_line
 from quant.paths import MODELS
@@ -100,8 +101,13 @@ def test_each_board_says_what_it_claims_and_resets_its_own_way(tmp_path):
     virtual.reset(dut, again=False)
     assert resets == ["hard", "reset"]
     assert chip.services_for(None) == "esp,idf" and virtual.services_for("esp,idf") == "serial"
-    assert isinstance(boards.select(virtual=True, port=None, models=MODELS), boards.VirtualBoard)
-    assert isinstance(boards.select(virtual=False, port="/dev/ttyUSB0", models=MODELS), boards.ChipBoard)
+    options = {"virtual_board": True, "port": None}
+    assert isinstance(boards.select(options.get, MODELS), boards.VirtualBoard)
+    options.update(virtual_board=False, port="/dev/ttyUSB0")
+    assert isinstance(boards.select(options.get, MODELS), boards.ChipBoard)
+    options.update(virtual_board=True)
+    with pytest.raises(UserError, match="--virtual-board and --port exclude each other"):
+        boards.select(options.get, MODELS)
     assert boards.missing_variant("mixed", tmp_path) == (
         f"mixed: {tmp_path}/gesture_model_mixed/gesture_model_mixed.espdl is missing: build it with "
         f"`quant build --variant mixed --models-dir {tmp_path}` (or test only the variants you built: -k)")

@@ -22,6 +22,7 @@ import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from quant import paths
@@ -141,6 +142,12 @@ class Board(ABC):
     kind: str  # "chip", "virtual" (report.json's `board`)
     claims: str  # "measured" | "virtual" | "emulated"
     services: str  # pytest-embedded's --embedded-services for this board
+    flag: tuple[str, str] | None = None  # the pytest option that picks this board (conftest.py adds it), its help
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, option: Callable[[str], Any], models: Path) -> Board | None:
+        """This board when the run's options ask for it (`option(name)`: pytest's getoption), else None."""
 
     def __init__(self, models: Path, *, target: str = TARGET, port: str | None = None):
         self.models, self.target, self.given_port = Path(models), target, port
@@ -182,6 +189,11 @@ class ChipBoard(Board):
     when the port opens."""
 
     kind, claims, services = "chip", "measured", "esp,idf"
+
+    @classmethod
+    def from_options(cls, option, models):
+        port = option("port") or os.environ.get("ESPPORT")
+        return cls(models, port=port) if port else None
 
     def services_for(self, given: str | None) -> str:
         return given or self.services  # e.g. a bench that needs other services says so on the command line
@@ -225,6 +237,11 @@ class VirtualBoard(Board):
     computed by the host interpreter on the folder's own vectors, latency and memory from the .info."""
 
     kind, claims, services = "virtual", "virtual", "serial"
+    flag = ("--virtual-board", "run the board tests against a virtual board (quant virtual-board) instead of a chip")
+
+    @classmethod
+    def from_options(cls, option, models):
+        return cls(models, fault=option("virtual_fault") or "none") if option("virtual_board") else None
 
     def __init__(self, models: Path, *, fault: str = "none", **kw):
         super().__init__(models, **kw)
@@ -259,15 +276,23 @@ class VirtualBoard(Board):
             proc.stop()
 
 
-KINDS: dict[str, type[Board]] = {"chip": ChipBoard, "virtual": VirtualBoard}
+# Every kind of board, in the order `select` asks them (a board picked by its own flag before the chip,
+# which a --port picks). A new kind (QEMU) is one class here; conftest.py adds its `flag`.
+KINDS: dict[str, type[Board]] = {"virtual": VirtualBoard, "chip": ChipBoard}
 
 
-def select(*, virtual: bool, port: str | None, models: Path, fault: str = "none") -> Board | None:
-    """The board a run uses: the virtual board, a chip on `port` (or $ESPPORT), or None (board tests skip)."""
-    if virtual:
-        return VirtualBoard(models, fault=fault, port=port)
-    if port or os.environ.get("ESPPORT"):
-        return ChipBoard(models, port=port)
+def select(option: Callable[[str], Any], models: Path) -> Board | None:
+    """The board a run uses, from its options (`option(name)`, pytest's getoption): the first kind whose
+    options ask for it, or None (board tests skip). UserError when two flagged boards are asked for."""
+    flagged = [k.flag[0] for k in KINDS.values() if k.flag and option(k.flag[0].lstrip("-").replace("-", "_"))]
+    if len(flagged) > 1:
+        raise UserError(f"{' and '.join(flagged)} exclude each other: pick one board")
+    if flagged and option("port"):
+        raise UserError(f"{flagged[0]} and --port exclude each other: pick one board ({flagged[0]}, or a chip on --port=...)")
+    for kind in KINDS.values():
+        board = kind.from_options(option, models)
+        if board is not None:
+            return board
     return None
 
 
