@@ -1,15 +1,17 @@
-"""pytest-embedded wiring: target gating, variant -> build dir, a real board vs the virtual board.
+"""pytest-embedded wiring for the target tests: which board, and pytest-embedded's fixtures pointed at it.
 
     pytest                                          host tests; board tests skip, exit 0
-    pytest --virtual-board                          + target tests against a virtual board
-    pytest --target esp32s3 --port=/dev/ttyUSB0     target tests on a board (write --port= with '=')
+    pytest --virtual-board [--models-dir DIR]       + target tests against the virtual board
+    pytest --target esp32s3 --port=/dev/ttyUSB0     target tests on a chip (write --port= with '=')
 
+The board is a quant.board.boards.Board (ChipBoard, VirtualBoard; one class per kind), chosen once per run
+from the options; it builds (a chip: `quant firmware` with the models folder), starts (its port), resets,
+reads and says what its results may claim. This file only routes pytest-embedded's fixtures to it.
 A board test is marked `board` (tests_target/) and parametrized over the variants with `config`
-(idf-ci's name), which picks `firmware/build_<target>_<config>/`. The board runs ONCE per variant per
-session: the first board test of a variant opens the `dut` (flash + reset at a bench; a fresh virtual
-board otherwise), runs the session and caches the outcome; the variant's other tests read the cache.
-Every run with a board writes results/<UTC timestamp>/ (report.md/.json/.png, junit.xml, dut-logs/).
-"""
+(idf-ci's name). The board runs ONCE per variant per session: the first board test of a variant opens the
+`dut`, runs the session and caches the outcome; the variant's other tests read the cache. A variant whose
+folder is missing in --models-dir skips with the command that builds it.
+Every run with a board writes results/<UTC timestamp>/ (report.md/.json/.png, junit.xml, dut-logs/)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from quant.paths import FIRMWARE, REPO, VARIANTS
+from quant.board import boards
+from quant.errors import UserError
+from quant.paths import FIRMWARE, MODELS, REPO, VARIANTS, variant_file
 
 TARGET = "esp32s3"
 HOW_TO_RUN = (
@@ -31,12 +35,14 @@ _OUTCOMES = pytest.StashKey[dict]()  # variant -> quant.board.session.BoardOutco
 _RESULTS = pytest.StashKey[dict]()  # variant -> {test name: (outcome, first line of the message)}
 _RUN_DIR = pytest.StashKey[object]()  # Path of this run's results, or None (no board)
 _REPORT = pytest.StashKey[object]()  # what the report step produced: paths, or an error text
+_BOARD = pytest.StashKey[object]()  # this run's quant.board.boards.Board, or None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gesture board", "gesture-model target tests")
-    group.addoption("--virtual-board", action="store_true",
-                    help="run the board tests against a virtual board (quant virtual-board) instead of a chip")
+    for kind in boards.KINDS.values():  # each board that a flag picks (--virtual-board, ...)
+        if kind.flag:
+            group.addoption(kind.flag[0], action="store_true", help=kind.flag[1])
     group.addoption("--virtual-fault", default="none", metavar="NAME",
                     help="inject this fault into the virtual board (see quant.board.virtual.FAULTS)")
     group.addoption("--board-timeout", type=float, default=25.0, metavar="SECONDS",
@@ -47,13 +53,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where this run's report, junit.xml and dut-logs go (default: results/<UTC timestamp>/)")
 
 
-def _mode(config: pytest.Config) -> str | None:
-    """'virtual', 'chip', or None (no board: board tests skip)."""
-    if config.getoption("virtual_board"):
-        return "virtual"
-    if config.getoption("port", None) or os.environ.get("ESPPORT"):
-        return "chip"
-    return None
+def _models(config: pytest.Config) -> Path:
+    given = config.getoption("models_dir")
+    return Path(given).resolve() if given else MODELS
+
+
+def _select(config: pytest.Config):
+    """This run's quant.board.boards.Board (virtual, a chip on --port/ESPPORT), or None: board tests skip."""
+    try:
+        return boards.select(lambda name: config.getoption(name, None), _models(config))
+    except UserError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _new_run_dir() -> Path:
@@ -71,17 +81,17 @@ def _new_run_dir() -> Path:
 @pytest.hookimpl(tryfirst=True)  # before junitxml and pytest-embedded read --junitxml / --root-logdir
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "board: needs an ESP32-S3 board (--port=...) or the virtual board (--virtual-board)")
-    mode = _mode(config)
-    if config.getoption("virtual_fault") != "none" and mode != "virtual":
+    virtual = bool(config.getoption("virtual_board"))
+    if config.getoption("virtual_fault") != "none" and not virtual:
         raise pytest.UsageError("--virtual-fault needs --virtual-board")
-    if mode == "virtual" and config.getoption("port", None):
-        raise pytest.UsageError("--virtual-board and --port exclude each other: pick the virtual board or a chip")
-    if mode == "virtual":
+    if virtual:
         from quant.board.virtual import FAULTS
 
         if config.getoption("virtual_fault") not in FAULTS:
             raise pytest.UsageError(f"--virtual-fault {config.getoption('virtual_fault')!r} is unknown; "
                                     f"choose one of {', '.join(FAULTS)}")
+    board = config.stash[_BOARD] = _select(config)
+    mode = board is not None
     config.stash[_OUTCOMES] = {}
     config.stash[_RESULTS] = {}
     run_dir = None
@@ -97,19 +107,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    mode = _mode(config)
+    board = config.stash[_BOARD]
     target = config.getoption("target", None)
+    models = _models(config)
     for item in items:
         if item.get_closest_marker("board") is None:
             continue
-        if mode is None:
+        callspec = getattr(item, "callspec", None)
+        variant = callspec.params.get("config") if callspec is not None else None
+        if board is None:
             item.add_marker(pytest.mark.skip(reason=HOW_TO_RUN))
         elif target and target != TARGET:
             item.add_marker(pytest.mark.skip(reason=f"board tests are for {TARGET}; this run is for --target {target}"))
+        elif variant in VARIANTS and not variant_file(variant, ".espdl", models).is_file():
+            item.add_marker(pytest.mark.skip(reason=boards.missing_variant(variant, models)))
 
 
 # ---------------------------------------------------------------------------------------------
-# fixtures: which variant, and pytest-embedded's fixtures pointed at it
+# fixtures: which variant, and pytest-embedded's fixtures pointed at this run's board
 
 
 @pytest.fixture
@@ -125,68 +140,61 @@ def variant(config: str) -> str:
     return config
 
 
-def _models(config: pytest.Config) -> Path:
-    from quant.paths import MODELS
-
-    given = config.getoption("models_dir")
-    return Path(given).resolve() if given else MODELS
-
-
-def _is_board(request: pytest.FixtureRequest) -> bool:
-    return request.node.get_closest_marker("board") is not None
-
-
-def _virtual(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("virtual_board"))
+def _board_of(request: pytest.FixtureRequest):
+    """The run's Board when this is a board test, else None (host tests keep pytest-embedded's defaults)."""
+    if request.node.get_closest_marker("board") is None:
+        return None
+    return request.config.stash[_BOARD]
 
 
 @pytest.fixture
 def embedded_services(embedded_services, request):
-    if not _is_board(request):
-        return embedded_services
-    return "serial" if _virtual(request) else (embedded_services or "esp,idf")
+    board = _board_of(request)
+    return embedded_services if board is None else board.services_for(embedded_services)
 
 
 @pytest.fixture
 def target(target, request):
-    if not _is_board(request):
-        return target
-    return TARGET if _virtual(request) else (target or TARGET)
+    board = _board_of(request)
+    return target if board is None else (target or board.target)
 
 
 @pytest.fixture
 def app_path(request) -> str:
     # (replaces pytest-embedded's, which calls the experimental record_xml_attribute on every test)
     given = request.config.getoption("app_path", None)
-    return given or (str(FIRMWARE) if _is_board(request) else os.path.dirname(request.module.__file__))
+    return given or (str(FIRMWARE) if _board_of(request) else os.path.dirname(request.module.__file__))
 
 
 @pytest.fixture
-def build_dir(build_dir, request, app_path, target, config):
-    if not _is_board(request) or _virtual(request) or request.config.getoption("build_dir", None):
+def build_dir(build_dir, request, config):
+    board = _board_of(request)
+    if board is None or request.config.getoption("build_dir", None):
         return build_dir  # (pytest-embedded's default is 'build'; an explicit --build-dir wins)
-    return str(Path(app_path) / f"build_{target}_{config}")
+    return board.build_dir(config) or build_dir
 
 
 @pytest.fixture
 def port(port, request, config):
-    """On the virtual board: a fresh board for the first test of each variant (stopped after it)."""
-    if not (_is_board(request) and _virtual(request)):
+    """The board's port for this variant (Board.start: a virtual board starts, a chip is where it is);
+    only the first test of a variant opens the board, the others read the cached outcome."""
+    board = _board_of(request)
+    if board is None:
         return port
     outcomes = request.config.stash[_OUTCOMES]
     if config in outcomes:
         return None  # this variant already ran; its tests read the cache
-    from quant.board.session import BoardOutcome
-    from quant.board.virtual import start
+    from quant.board import session
 
-    try:
-        board = start(config, fault=request.config.getoption("virtual_fault"), models_dir=_models(request.config))
-    except Exception as exc:  # noqa: BLE001  (every reason fails the variant's tests, with the reason)
-        outcomes[config] = BoardOutcome(config, virtual=True, models=_models(request.config),
-                                        error=f"{config}: could not start the virtual board: {exc}")
-        return None
-    request.addfinalizer(board.stop)
-    return board.port
+    problem = board.build(config)
+    if problem is None:
+        try:
+            request.addfinalizer(lambda: board.stop(config))
+            return board.start(config)
+        except Exception as exc:  # noqa: BLE001  (every reason fails the variant's tests, with the reason)
+            problem = f"{config}: could not start the {board.kind} board: {exc}"
+    outcomes[config] = session.failed(board, config, problem)
+    return None
 
 
 @pytest.fixture
@@ -197,47 +205,37 @@ def board(request, variant, record_property):
         outcomes[variant] = _run_once(request, variant)
     outcome = outcomes[variant]
     record_property("variant", variant)
-    record_property("board", "virtual" if outcome.virtual else "chip")
+    record_property("board", outcome.kind)
+    record_property("claims", outcome.claims)
     if outcome.log_path:
         record_property("dut_log", outcome.log_path)
-    return _Board(outcome)
+    if outcome.error:  # a failed board is a failed check (in the test, not an error in its setup)
+        return _Failed(outcome.error)
+    return outcome
 
 
-class _Board:
-    """A variant's BoardOutcome as its tests see it. When the board session failed, the first use
-    fails the test (in the test, not in its setup: a failed board is a failed check, not an error)."""
+class _Failed:
+    """What a test of a variant whose board session failed sees: the first use fails it with the reason."""
 
-    def __init__(self, outcome):
-        self._outcome = outcome
+    def __init__(self, error: str):
+        self._error = error
 
     def __getattr__(self, name):
-        if self._outcome.error:
-            pytest.fail(self._outcome.error, pytrace=False)
-        return getattr(self._outcome, name)
+        pytest.fail(self._error, pytrace=False)
 
 
 def _run_once(request, variant):
-    from quant.board import session as board_session
+    from quant.board import session
 
-    virtual = _virtual(request)
-    if not virtual:
-        problem = board_session.ensure_firmware(variant)
-        if problem:
-            return board_session.BoardOutcome(variant, virtual=False, models=_models(request.config),
-                                              error=f"{variant}: {problem}")
+    board = request.config.stash[_BOARD]
     try:
         dut = request.getfixturevalue("dut")
     except Exception as exc:  # noqa: BLE001  (esptool, serial and build-dir errors all land here)
-        where = request.getfixturevalue("port") or os.environ.get("ESPPORT") or "no port"
+        where = request.getfixturevalue("port") or "no port"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        hint = ("" if virtual else f" (flashing {request.getfixturevalue('build_dir')}); check the cable, the "
-                "port (--port=/dev/ttyUSB0) and that nothing else holds it")
-        return board_session.BoardOutcome(
-            variant, virtual=virtual, models=_models(request.config),
-            error=f"{variant}: pytest-embedded could not open the board on {where}: {type(exc).__name__}: {first}{hint}",
-        )
-    return board_session.run_variant(dut, variant, virtual=virtual, models=_models(request.config),
-                                     timeout_s=request.config.getoption("board_timeout"))
+        return session.failed(board, variant, f"{variant}: pytest-embedded could not open the board on {where}: "
+                                              f"{type(exc).__name__}: {first}{board.open_failed(variant)}")
+    return session.run_variant(dut, board, variant, timeout_s=request.config.getoption("board_timeout"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +267,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         paths = board_report.write_run_report(
             Path(run_dir), outcomes, config.stash[_RESULTS],
-            fault=config.getoption("virtual_fault") if _mode(config) == "virtual" else None,
+            fault=config.getoption("virtual_fault") if config.getoption("virtual_board") else None,
             junit=config.option.xmlpath, dut_logs=config.option.root_logdir,
         )
         config.stash[_REPORT] = paths
@@ -286,5 +284,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(f"error: {done}", red=True)
         return
     terminalreporter.write_sep("-", "board report")
+    board = config.stash.get(_BOARD, None)
+    if board is not None:
+        what = {"measured": "measured on the chip",
+                "virtual": "virtual: outputs computed by the host .espdl interpreter, latency and memory are .info estimates",
+                "emulated": "emulated: the real firmware on QEMU, latency is emulator time"}[board.claims]
+        terminalreporter.write_line(f"board: {board.kind} ({what}); models: {board.models}")
     for path in done:
         terminalreporter.write_line(str(path))

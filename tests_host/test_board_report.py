@@ -22,7 +22,7 @@ def models(tmp_path):
 def outcome(models, variant, board="chip", **kw):
     run = board_run(variant=variant, board=board, sha=espdl_sha(models, variant), **kw)
     verdict, tol = compare_run(run, variant, models)
-    return BoardOutcome(variant, virtual=board == "virtual", models=models, run=run, verdict=verdict, tolerance=tol,
+    return BoardOutcome(variant, claims="virtual" if board == "virtual" else "measured", kind=board, models=models, run=run, verdict=verdict, tolerance=tol,
                         log_path="/logs/dut.log")
 
 
@@ -61,7 +61,7 @@ def test_a_virtual_run_is_marked_virtual_everywhere(models, tmp_path, monkeypatc
 
 
 def test_a_failed_session_is_reported_with_its_reason(models, tmp_path):
-    failed = BoardOutcome("int8", virtual=True, models=models, error="int8: the board reset during vector 3\nDUT log: x")
+    failed = BoardOutcome("int8", claims="virtual", kind="virtual", models=models, error="int8: the board reset during vector 3\nDUT log: x")
     write_run_report(tmp_path / "run", {"int8": failed}, {}, created="2026-11-29T18:00:00Z")
     doc = json.loads((tmp_path / "run" / "report.json").read_text())
     assert doc["passed"] is False and doc["variants"]["int8"]["problems"][0] == "int8: the board reset during vector 3"

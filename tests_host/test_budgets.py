@@ -30,13 +30,13 @@ def test_measure_takes_the_slowest_vectors_median_and_ram_down_to_the_low_water_
 def test_a_run_within_budget_has_no_problems(models):
     limits = budgets.load_budgets("int8", models)
     assert limits["latency_us"].value == BUDGETS["latency_us"][0] and limits["latency_us"].provenance == "estimated"
-    assert budgets.check(budgets.measure(board_run()), limits, tuple(budgets.BUDGETS), virtual=False, variant="int8") == []
+    assert budgets.check(budgets.measure(board_run()), limits, tuple(budgets.BUDGETS), claims="measured", variant="int8") == []
 
 
 def test_an_over_budget_latency_names_budget_provenance_measurement_and_excess(models):
     run = board_run(med_us=(12000, 15400, 11000, 12100))
     problems = budgets.check(budgets.measure(run), budgets.load_budgets("int8", models), ("latency_us",),
-                             virtual=False, variant="int8")
+                             claims="measured", variant="int8")
     assert len(problems) == 1
     text = problems[0]
     assert "15400 us on vector 1 (measured on the chip)" in text
@@ -47,7 +47,7 @@ def test_an_over_budget_latency_names_budget_provenance_measurement_and_excess(m
 def test_over_budget_memory_on_a_virtual_board_says_it_is_not_a_measurement(models):
     run = board_run(board="virtual", low=(300000, 8040000))
     problems = budgets.check(budgets.measure(run), budgets.load_budgets("int8", models),
-                             ("internal_ram_bytes", "psram_bytes", "flash_bytes"), virtual=True, variant="int8")
+                             ("internal_ram_bytes", "psram_bytes", "flash_bytes"), claims="virtual", variant="int8")
     assert len(problems) == 1 and "80000 bytes (virtual board: derived from the .info estimate, not measured)" in problems[0]
     assert "budgets.internal_ram_bytes = 60000" in problems[0] and "by 20000 bytes" in problems[0]
 
@@ -61,7 +61,7 @@ def test_a_missing_budget_is_a_user_error(models):
 
 def report_of(models, tmp_path, board="chip", sha=None):
     run = board_run(board=board, sha=sha or espdl_sha(models))
-    outcome = BoardOutcome("int8", virtual=board == "virtual", models=models, run=run)
+    outcome = BoardOutcome("int8", claims="virtual" if board == "virtual" else "measured", kind=board, models=models, run=run)
     write_run_report(tmp_path / "run", {"int8": outcome}, {}, created="2026-11-29T18:00:00Z")
     return tmp_path / "run" / "report.json"
 

@@ -6,10 +6,9 @@ Each fault runs the int8 variant (the fastest); the correct board runs all three
 are independent processes, started together (a few at a time) so the matrix takes about as long as
 its slowest row.
 
-The boards serve the stored simulator reference (QUANT_VIRTUAL_BOARD_SOURCE=reference): the matrix
-tests the harness, so a correct board must match the reference by construction. Only layer_fault
-needs the host interpreter (its intermediates feed the bisect). Whether the chip's arithmetic (the
-interpreter) matches the simulator is what `pytest --virtual-board tests_target` itself checks.
+The boards compute their outputs with the host interpreter on the committed vectors, as every virtual
+board does (there is no replay of the stored reference): the correct board's row is therefore also the
+check that the chip's arithmetic (the interpreter) matches the PPQ simulator on all three variants.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from quant.board import virtual as vb
-from quant.errors import UserError
 from quant.paths import MODELS, REPO, VARIANTS, variant_file
 
 VARIANT = "int8"
@@ -40,13 +38,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _layer_fault_value() -> str | None:
-    """The value the layer_fault board breaks, when its outputs come from the interpreter."""
-    try:
-        data = vb.load_variant(VARIANT, MODELS_DIR, "interpreter", "layer_fault")
-    except UserError:
-        return None
-    return vb.App(data, "layer_fault").fault_layer
+def _layer_fault_value() -> str:
+    """The value the layer_fault board breaks (its interpreter's node hook)."""
+    return vb.App(vb.load_variant(VARIANT, MODELS_DIR, "layer_fault"), "layer_fault").fault_layer
 
 
 def expectations() -> dict[str, list[str]]:
@@ -72,7 +66,7 @@ def expectations() -> dict[str, list[str]]:
         "version": [r"the board speaks another protocol version", r"protocol version 2"],
         "selftest_fail": [r"ESP-DL model->test\(\) .* failed on the board"],
         "layer_fault": [r"first diverging layer \(board `run dump` vs [^)]*\): "
-                        rf"\S+ \S+ -> {re.escape(layer or '<no interpreter>')} "],
+                        rf"\S+ \S+ -> {re.escape(layer)} "],
     }
 
 
@@ -83,8 +77,7 @@ def run_target_tests(fault: str, variants: tuple[str, ...], results: Path) -> tu
            "-q", "--show-capture=no", "-k", " or ".join(variants)]
     t0 = time.monotonic()
     try:
-        source = "interpreter" if fault == "layer_fault" else "reference"
-        env = dict(os.environ, PYTHONHASHSEED="0", **{vb.SOURCE_ENV: source})
+        env = dict(os.environ, PYTHONHASHSEED="0")
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_LIMIT_S)
         return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0
     except subprocess.TimeoutExpired as exc:
@@ -114,8 +107,6 @@ def expected() -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("fault", [f for f, _ in ROWS])
 def test_target_tests_fail_loudly_on_each_bench_fault(fault, matrix, expected, record_property):
-    if fault == "layer_fault" and _layer_fault_value() is None:
-        pytest.xfail("no host interpreter: the virtual board cannot dump intermediates, so no layer is named")
     code, out, seconds = matrix[fault].result()
     record_property("seconds", round(seconds, 1))
     summary = out.strip().splitlines()[-1] if out.strip() else "(no output)"

@@ -117,11 +117,14 @@ def test_project_name_gives_the_app_binary_quant_firmware_looks_for():
 def test_cmake_embeds_the_files_quant_paths_name():
     text = (MAIN / "CMakeLists.txt").read_text()
     sets = dict(re.findall(r'^set\((gm_model|gm_vectors_bin|gm_vectors_json) "([^"]+)"\)', text, re.M))
+    default = re.search(r'^set\(GM_MODELS_DIR "\$\{CMAKE_CURRENT_LIST_DIR\}/([^"]+)" CACHE PATH', text, re.M)
+    assert default, "GM_MODELS_DIR must be a CMake cache variable defaulting to the repository's models/"
+    assert (MAIN / default.group(1)).resolve() == paths.MODELS
     for variant in paths.VARIANTS:
-        model = sets["gm_model"].replace("${gm_repo}", str(paths.REPO)).replace("${gm_variant}", variant)
+        model = sets["gm_model"].replace("${gm_models}", str(paths.MODELS)).replace("${gm_variant}", variant)
         assert Path(model) == paths.variant_file(variant, ".espdl")
-    assert Path(sets["gm_vectors_bin"].replace("${gm_repo}", str(paths.REPO))) == paths.VECTORS_BIN
-    assert Path(sets["gm_vectors_json"].replace("${gm_repo}", str(paths.REPO))) == paths.VECTORS_META
+    assert Path(sets["gm_vectors_bin"].replace("${gm_models}", str(paths.MODELS))) == paths.VECTORS_BIN
+    assert Path(sets["gm_vectors_json"].replace("${gm_models}", str(paths.MODELS))) == paths.VECTORS_META
     # the embedded symbols the app declares are the ones CMake creates
     for name in re.findall(r"RENAME_TO (\w+)\)", text):
         assert f'asm("_binary_{name}_start")' in APP.read_text()
@@ -228,6 +231,8 @@ variant = defaults.rsplit("sdkconfig.ci.", 1)[1]
 (build / "flasher_args.json").write_text("{{}}")
 (build / "gesture_test_app.bin").write_bytes(b"app")
 (build / "argv.json").write_text(json.dumps(args))
+models = next(a for a in args if a.startswith("-DGM_MODELS_DIR=")).split("=", 1)[1]
+(build / "CMakeCache.txt").write_text("GM_MODELS_DIR:PATH=" + models + "\n")  # as CMake records the cache variable
 '''
 
 
@@ -267,7 +272,38 @@ def test_build_runs_idf_py_per_variant_into_the_folder_pytest_embedded_reads(fak
     argv = json.loads((folder / "argv.json").read_text())
     assert argv[-1] == "build" and "-DIDF_TARGET=esp32s3" in argv
     assert "-DSDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.mixed" in argv
+    assert f"-DGM_MODELS_DIR={fake_repo / 'models'}" in argv
     assert firmware.needs_build("mixed") is None
+
+
+def test_quant_firmware_models_dir_embeds_that_folder_and_a_build_of_another_folder_is_stale(fake_repo, tmp_path):
+    mine = tmp_path / "mine"
+    shutil.copytree(fake_repo / "models", mine)
+    firmware.build("int8")
+    assert firmware.needs_build("int8", mine) == f"firmware/build_esp32s3_int8 embeds the models of models, not {mine}"
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    firmware.add_arguments(parser)  # what `quant firmware` parses
+    assert firmware.run(parser.parse_args(["--variant", "int8", "--models-dir", str(mine)])) == 0
+    argv = json.loads((firmware.build_dir("int8") / "argv.json").read_text())
+    assert f"-DGM_MODELS_DIR={mine}" in argv
+    assert firmware.needs_build("int8", mine) is None
+    assert firmware.needs_build("int8") == f"firmware/build_esp32s3_int8 embeds the models of {mine}, not models"
+
+
+def test_the_chip_board_builds_the_firmware_of_its_models_folder_before_flashing(fake_repo, tmp_path):
+    from quant.board.boards import ChipBoard
+
+    mine = tmp_path / "mine"
+    shutil.copytree(fake_repo / "models", mine)
+    board = ChipBoard(mine, port="/dev/ttyUSB0")
+    assert board.build("int8") is None  # built now, with the folder in the command
+    assert f"-DGM_MODELS_DIR={mine}" in json.loads((firmware.build_dir("int8") / "argv.json").read_text())
+    assert board.build_dir("int8") == str(firmware.build_dir("int8"))
+    shutil.rmtree(paths.variant_dir("mixed", mine))
+    assert board.build("mixed").endswith(f"build it with `quant build --variant mixed --models-dir {mine}` "
+                                         "(or test only the variants you built: -k)")
 
 
 def test_a_changed_sdkconfig_default_starts_a_fresh_sdkconfig_and_an_unchanged_one_keeps_it(fake_repo):
@@ -422,11 +458,12 @@ def cmake_project(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
 
-    def run(variant="int8"):
+    def run(variant="int8", models_dir=None):
         calls.unlink(missing_ok=True)
         harness = tmp_path / "harness.cmake"
         harness.write_text(CMAKE_HARNESS.format(variant=variant, espdl=espdl, calls=calls, main=repo / "firmware" / "main"))
-        result = subprocess.run([cmake, "-P", str(harness)], capture_output=True, text=True, cwd=out, timeout=60)
+        given = [f"-DGM_MODELS_DIR={models_dir}"] if models_dir else []
+        result = subprocess.run([cmake, *given, "-P", str(harness)], capture_output=True, text=True, cwd=out, timeout=60)
         result.stderr = " ".join(result.stderr.split())  # CMake wraps long messages
         return result, (calls.read_text() if calls.exists() else ""), out / "gm_vectors.h"
 
@@ -463,3 +500,16 @@ def test_cmake_names_the_missing_model_and_the_command_that_makes_it(cmake_proje
     result, _, _ = cmake_project("mixed")
     assert result.returncode != 0
     assert "gesture_model_mixed.espdl is missing" in result.stderr and "make models" in result.stderr
+    assert f"quant build --variant mixed --out {cmake_project.models}" in result.stderr
+
+
+def test_cmake_embeds_the_folder_gm_models_dir_names(cmake_project, tmp_path):
+    mine = tmp_path / "elsewhere"
+    shutil.copytree(cmake_project.models, mine)
+    shutil.rmtree(cmake_project.models)  # nothing may come from the default folder
+    result, calls, _ = cmake_project(models_dir=mine)
+    assert result.returncode == 0, result.stderr
+    assert calls.splitlines()[1:] == [f"embed {paths.variant_file('int8', '.espdl', mine)} BINARY gm_model",
+                                      f"embed {mine / 'test_vectors.bin'} BINARY gm_vectors"]
+    result, _, _ = cmake_project(models_dir=tmp_path / "nowhere")
+    assert result.returncode != 0 and "is not a folder" in result.stderr and "--models-dir" in result.stderr

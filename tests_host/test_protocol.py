@@ -284,7 +284,7 @@ def test_bytes_with_crlf_parse_like_text():
 
 
 def test_streamed_line_by_line_gives_the_same_run():
-    session = p.Session()
+    session = p.TranscriptParser()
     for line in LINES:
         session.feed(line.encode())
     run = session.finish()

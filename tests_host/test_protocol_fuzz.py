@@ -122,7 +122,7 @@ def test_parse_line_raises_nothing_but_protocol_errors(text):
 @SETTINGS
 @given(st.lists(st.one_of(st.binary(max_size=200), protocolish, protocolish.map(str.encode)), max_size=12))
 def test_feeding_a_session_anything_never_raises(chunks):
-    session = p.Session()
+    session = p.TranscriptParser()
     for chunk in chunks:
         session.feed(chunk)
     run = session.finish()

@@ -93,16 +93,24 @@ def measure(run: Any) -> dict[str, int | None]:
     return out
 
 
+CLAIM_TEXT = {
+    "measured": "measured on the chip",
+    "virtual": "virtual board: derived from the .info estimate, not measured",
+    "emulated": "emulated board: the real firmware on QEMU, not chip time",
+}
+
+
 def check(
     measured: Mapping[str, int | None],
     budgets: Mapping[str, Budget],
     names: tuple[str, ...],
     *,
-    virtual: bool,
+    claims: str,
     variant: str,
 ) -> list[str]:
-    """One message per budget in `names` that is exceeded or could not be measured."""
-    how = "virtual board: derived from the .info estimate, not measured" if virtual else "measured on the chip"
+    """One message per budget in `names` that is exceeded or could not be measured; `claims` is what the
+    board's figures are (quant.board.boards: measured, virtual, emulated) and every message says so."""
+    how = CLAIM_TEXT[claims]
     problems = []
     for name in names:
         what, unit = BUDGETS[name]
@@ -240,7 +248,8 @@ def update_from_report(report_path: Path, *, headroom: float, variants: list[str
     missing = [v for v in chosen if v not in doc["variants"]]
     if missing:
         raise UserError(f"{path} has no results for {', '.join(missing)}: run the target tests for it first")
-    virtual = [v for v in chosen if doc["variants"][v].get("board") != "chip"]
+    virtual = [v for v in chosen if doc["variants"][v].get("claims", "measured" if doc["variants"][v].get("board") == "chip"
+                                                             else "virtual") != "measured"]
     if virtual:
         raise UserError(
             f"{path} is a virtual-board run ({', '.join(virtual)}): its latency and memory are estimates, not "

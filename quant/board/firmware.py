@@ -1,11 +1,13 @@
-"""`quant firmware`: build the ESP-IDF test app once per variant -> firmware/build_esp32s3_<variant>/.
+"""`quant firmware [--models-dir DIR]`: build the ESP-IDF test app once per variant -> firmware/build_esp32s3_<variant>/.
 
 Needs an installed ESP-IDF (>= 5.3) exported in the shell (`. $IDF_PATH/export.sh`). Each variant is
 one `idf.py` build of firmware/ with `sdkconfig.defaults;sdkconfig.ci.<variant>`, the same folders
-and configurations that `idf-build-apps build` (CI, .idf_build_apps.toml) produces.
+and configurations that `idf-build-apps build` (CI, .idf_build_apps.toml) produces. The app embeds the
+variant's .espdl and the fixed vectors of the models folder DIR (default models/), passed to CMake as
+the cache variable GM_MODELS_DIR (firmware/main/CMakeLists.txt).
 
-Used by the target tests at a bench: `needs_build(variant)` says why a build folder is missing or
-stale (None when it is up to date) and `build(variant)` rebuilds it.
+Used by the target tests at a bench (quant.board.boards.ChipBoard): `needs_build(variant, models)` says
+why a build folder is missing or stale (None when it is up to date) and `build(variant, models)` rebuilds it.
 """
 
 from __future__ import annotations
@@ -52,24 +54,47 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def sources(variant: str) -> list[Path]:
+def _models(models: Path | None) -> Path:
+    return Path(models if models is not None else paths.MODELS).resolve()
+
+
+def configured_models(folder: Path) -> Path | None:
+    """The GM_MODELS_DIR a build folder was configured with (its CMakeCache.txt), or None if unknown."""
+    try:
+        text = (folder / "CMakeCache.txt").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("GM_MODELS_DIR:"):
+            return Path(line.split("=", 1)[1]).resolve()
+    return None
+
+
+def sources(variant: str, models: Path | None = None) -> list[Path]:
     """Every file a variant's build depends on: its .espdl, the vectors and the firmware sources."""
     _check_variant(variant)
-    files = [paths.variant_file(variant, ".espdl", paths.MODELS), paths.VECTORS_BIN, paths.VECTORS_META]
+    models = _models(models)
+    files = [paths.variant_file(variant, ".espdl", models), models / paths.VECTORS_BIN.name,
+             models / paths.VECTORS_META.name]
     files += [paths.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}")]
     files += sorted(p for p in (paths.FIRMWARE / "main").iterdir() if p.is_file())
     return files
 
 
-def needs_build(variant: str) -> str | None:
-    """Why firmware/build_esp32s3_<variant> must be (re)built, or None when it is up to date."""
+def needs_build(variant: str, models: Path | None = None) -> str | None:
+    """Why firmware/build_esp32s3_<variant> must be (re)built for the models folder `models`, or None when
+    it is up to date."""
+    models = _models(models)
     folder = build_dir(variant)
     app = folder / f"{PROJECT}.bin"
     for required in (folder / "flasher_args.json", app, folder / "config" / "sdkconfig.json"):
         if not required.is_file():
             return f"{_rel(folder)} has no {required.relative_to(folder)} (not built yet)"
     built = app.stat().st_mtime
-    for src in sources(variant):
+    embedded = configured_models(folder)
+    if embedded is not None and embedded != models:
+        return f"{_rel(folder)} embeds the models of {_rel(embedded)}, not {_rel(models)}"
+    for src in sources(variant, models):
         if not src.exists():
             return f"{_rel(src)} is missing"
         if src.stat().st_mtime > built:
@@ -98,13 +123,16 @@ def idf_command() -> list[str]:
     raise UserError(f"ESP-IDF at {idf_path} is not exported in this shell (no idf.py on PATH): {INSTALL_HINT}")
 
 
-def build(variant: str) -> Path:
-    """Build one variant's test app into firmware/build_esp32s3_<variant>; returns that folder."""
+def build(variant: str, models: Path | None = None) -> Path:
+    """Build one variant's test app, embedding the models folder `models` (default models/), into
+    firmware/build_esp32s3_<variant>; returns that folder."""
     _check_variant(variant)
+    models = _models(models)
     command = idf_command()
-    for src in sources(variant):
+    for src in sources(variant, models):
         if not src.exists():
-            raise UserError(f"{_rel(src)} is missing: produce the models first ('make models' or 'quant build')")
+            raise UserError(f"{_rel(src)} is missing: produce the models first "
+                            f"(`quant build --variant {variant} --out {_rel(models)}`, or 'make models')")
     folder = build_dir(variant)
     folder.mkdir(parents=True, exist_ok=True)
     # defaults only fill options an existing sdkconfig lacks: start a fresh one when they changed
@@ -119,6 +147,7 @@ def build(variant: str) -> Path:
         f"-DIDF_TARGET={TARGET}",
         f"-DSDKCONFIG={folder / 'sdkconfig'}",
         f"-DSDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.{variant}",
+        f"-DGM_MODELS_DIR={models}",
         "build",
     ]
     print(f"[firmware] {variant}: {' '.join(command)}", flush=True)
@@ -128,7 +157,7 @@ def build(variant: str) -> Path:
             f"the {variant} firmware build failed (idf.py exit {result.returncode}); "
             f"see the output above and {_rel(folder / 'log')}"
         )
-    reason = needs_build(variant)
+    reason = needs_build(variant, models)
     if reason:
         raise UserError(f"the {variant} firmware build finished but is incomplete: {reason}")
     return folder
@@ -140,6 +169,10 @@ def add_arguments(parser) -> None:
         help=f"build only this variant (repeatable; default: all of {', '.join(VARIANTS)})",
     )
     parser.add_argument(
+        "--models-dir", type=Path, default=None, metavar="DIR",
+        help="the models folder whose variants and fixed vectors the app embeds (default: models/)",
+    )
+    parser.add_argument(
         "--check", action="store_true",
         help="do not build: say which build folders are missing or stale (exit 1 if any); needs no ESP-IDF",
     )
@@ -147,15 +180,18 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     variants = tuple(dict.fromkeys(args.variant or VARIANTS))
+    models = _models(args.models_dir)
+    if not models.is_dir():
+        raise UserError(f"--models-dir {args.models_dir} is not a folder: give the folder `quant build --out` wrote")
     if args.check:
         stale = 0
         for variant in variants:
-            reason = needs_build(variant)
+            reason = needs_build(variant, models)
             stale += reason is not None
             print(f"{variant}: up to date ({_rel(build_dir(variant))})" if reason is None else f"{variant}: needs a build: {reason}")
         return 1 if stale else 0
     idf_command()  # fail before building anything when ESP-IDF is missing
     for variant in variants:
-        folder = build(variant)
+        folder = build(variant, models)
         print(f"[firmware] {variant}: built {_rel(folder)}")
     return 0

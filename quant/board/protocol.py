@@ -3,7 +3,7 @@
 The definition is docs/protocol.md; the chip side is firmware/main/result_protocol.cpp. Both sides
 are checked against one golden transcript (tests_host/golden/).
 
-    run = parse_transcript(dut_log_text)        # or: s = Session(); s.feed(line)...; run = s.finish()
+    run = parse_transcript(dut_log_text)        # or: s = TranscriptParser(); s.feed(line)...; run = s.finish()
     for reason in run.problems(): ...           # why the run cannot be trusted (empty when it can)
     run.tensors[0]["logits"].data               # numpy int array, shape as the chip reported it
 
@@ -366,7 +366,7 @@ class Input:
 
 @dataclass(frozen=True)
 class BadLine:
-    line_no: int  # 1-based, counting every line fed to the Session
+    line_no: int  # 1-based, counting every line fed to the TranscriptParser
     text: str
     reason: str
 
@@ -385,7 +385,7 @@ class Reset:
 
 @dataclass
 class BoardRun:
-    """Everything a Session collected. Data fields describe the latest boot."""
+    """Everything a TranscriptParser collected. Data fields describe the latest boot."""
 
     boot: dict[str, Any] | None = None
     boots: int = 0
@@ -544,7 +544,7 @@ class _TensorBuilder:
         return Tensor(self.name, self.dtype, self.shape, self.exp, self.data.reshape(self.shape))
 
 
-class Session:
+class TranscriptParser:
     """Streaming parser: feed it the DUT's output (str or bytes, one or more lines, CR/LF, any
     log lines interleaved), then `finish()` gives the BoardRun. Feeding never raises."""
 
@@ -730,6 +730,6 @@ class Session:
 
 def parse_transcript(text: str | bytes) -> BoardRun:
     """The BoardRun of a whole DUT log."""
-    session = Session()
+    session = TranscriptParser()
     session.feed(text)
     return session.finish()

@@ -41,7 +41,8 @@ def variant_entry(outcome: Any, results: Mapping[str, tuple[str, str]] | None = 
     """The JSON-able record of one variant's board session (a quant.board.session.BoardOutcome)."""
     run = outcome.run
     entry: dict[str, Any] = {
-        "board": "virtual" if outcome.virtual else "chip",
+        "board": outcome.kind,
+        "claims": outcome.claims,  # measured | virtual | emulated (quant.board.boards)
         "error": outcome.error,
         "dut_log": outcome.log_path,
         "tests": {name: {"outcome": o, "message": m} for name, (o, m) in sorted((results or {}).items())},
@@ -135,7 +136,7 @@ def markdown_table(report: dict) -> str:
     ]
     for v, e in report["variants"].items():
         board = "chip"
-        if e["board"] == "virtual":  # where its outputs come from: the .espdl interpreter, or the stored reference
+        if e["board"] == "virtual":  # where its outputs come from (the .espdl interpreter)
             source = (e.get("identity") or {}).get("source")
             board = f"virtual ({source})" if source else "virtual"
         rows.append(
@@ -149,7 +150,7 @@ def markdown_table(report: dict) -> str:
 
 def _title(report: dict) -> str:
     kind = {"virtual": "virtual board (latency and memory are .info estimates, not measurements)",
-            "chip": "ESP32-S3 board", "mixed": "virtual board and chip"}[report["board"]]
+            "chip": "ESP32-S3 board", "mixed": "virtual board and chip"}.get(report["board"], f"{report['board']} board")
     fault = f", injected fault: {report['virtual_fault']}" if report.get("virtual_fault") not in (None, "none") else ""
     verdict = "PASSED" if report["passed"] else "FAILED"
     return f"Target run {report['created']}: {verdict} on a {kind}{fault}"

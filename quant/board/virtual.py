@@ -1,17 +1,20 @@
 """A virtual ESP32-S3 test app on a pseudo-terminal: the target tests' path without hardware.
 
-`quant virtual-board --variant int8 [--fault NAME]` opens a pty, prints its path (and writes it to
+`quant virtual-board --variant int8 [--fault NAME] [--models-dir DIR]` opens a pty, prints its path (and writes it to
 `--pty-file`), and then behaves like `firmware/` on a real board: silent until the host sends
 `reset` (the esp service's hard reset; pyserial flushes input when it opens the port, so anything
 printed earlier would be lost), then an ESP-IDF-like boot log, `BOOT` and `READY`; `run` / `run dump`
-print the result protocol (docs/protocol.md), formatted by quant.board.protocol.format_line.
+print the result protocol (docs/protocol.md) through quant.board.protocol.Emitter, the Python twin of
+the firmware's gm::Emitter (same chunking, same END line count).
 
-What is virtual (and labelled so): `BOOT board=virtual`; outputs come from the host .espdl
-interpreter (`source=interpreter`) when quant.espdl.interpreter exists, else from the stored PPQ simulator
-reference (`source=reference`); latency and memory are the .info *estimates* with a small
+What is virtual (and labelled so): `BOOT board=virtual source=interpreter`; the outputs are always
+computed by the host .espdl interpreter (quant.espdl.interpreter, the chip's integer arithmetic) on the
+folder's own fixed vectors (DIR/test_vectors.bin + .json); a folder without valid vectors is an error,
+never a replay of the stored reference. Latency and memory are the .info *estimates* with a small
 deterministic jitter, never measurements. `FAULTS` injects every fault a bench shows.
 
-Library: `with start("int8", fault="panic") as board: ... board.port ...`.
+Library: `with start("int8", fault="panic", models_dir=DIR) as proc: ... proc.port ...`;
+quant.board.boards.VirtualBoard is the board the target tests use.
 This module imports only the standard library at import time (numpy only when the interpreter runs),
 so the board starts in a fraction of a second.
 """
@@ -37,7 +40,7 @@ from pathlib import Path
 from quant.board.budgets import load_budgets
 from quant.board.judge import allowed_lsb, load_expectations
 from quant.errors import UserError
-from quant.paths import MODELS, REPO, VARIANTS, VECTORS_BIN, variant_file
+from quant.paths import MODELS, REPO, VARIANTS, variant_file
 
 FAULTS: dict[str, str] = {
     "none": "a correct board",
@@ -66,6 +69,7 @@ CPU_MHZ = 240
 PSRAM_BYTES = 8 * 1024 * 1024
 INTERNAL_FREE_BEFORE_LOAD = 381_612  # a plausible ESP32-S3 free internal heap at app_main (virtual)
 PSRAM_FREE_BEFORE_LOAD = 8_321_028  # a plausible free PSRAM at app_main (virtual)
+VECTORS_FIX = "make them for this folder with `quant vectors --models-dir {dir}` (or `quant build --out {dir}`)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +94,8 @@ class VariantData:
     input_exponent: int
     input_dtype: str
     vector_names: list[str]
-    reference: list[list[Tensor]]  # the stored simulator outputs, per vector
+    output_names: list[str]  # the graph outputs, in the reference's order
+    output_size: int  # elements of the first output (off_by_one's element is clamped to it)
     latency_basis_us: int
     latency_budget_us: int
     internal_basis: int
@@ -100,22 +105,18 @@ class VariantData:
     tolerance: dict
     embedded: dict[str, Tensor] = field(default_factory=dict)  # the .espdl's test outputs (vector 0)
     interpreter: Interpreted | None = None  # computes outputs and intermediates from the .espdl
-    dump_error: str = "intermediate tensors need the host .espdl interpreter (quant/espdl/interpreter.py)"
-
-    @property
-    def source(self) -> str:
-        return "interpreter" if self.interpreter else "reference"
+    source: str = "interpreter"  # where outputs come from (BOOT source=, SELFTEST basis=): always computed
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.espdl_bytes).hexdigest()
 
     def outputs(self, vec: int) -> list[Tensor]:
-        return self.interpreter.outputs(vec) if self.interpreter else self.reference[vec]
+        return self.interpreter.outputs(vec)
 
     def intermediates(self) -> list[Tensor]:
         """Vector 0: the input as quantized, then every node output in execution order (no graph outputs)."""
-        return self.interpreter.intermediates() if self.interpreter else []
+        return self.interpreter.intermediates()
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -130,13 +131,12 @@ def _basis_and_value(budget) -> tuple[int, int]:
     return round(float(budget.value if budget.basis is None else budget.basis)), budget.value
 
 
-def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", fault: str = "none") -> VariantData:
-    """Read what the board needs from models/gesture_model_<variant>/.
-
-    `source`: "interpreter" computes the outputs from the .espdl with quant.espdl.interpreter (what a chip
-    would compute), "reference" serves the stored simulator ints, "auto" the interpreter when
-    the (checked) models/test_vectors.bin belongs to the reference. `fault` matters only for layer_fault,
-    which the interpreter injects into one layer so that everything downstream is computed from it."""
+def load_variant(variant: str, models_dir: Path = MODELS, fault: str = "none") -> VariantData:
+    """Read what the board needs from DIR/gesture_model_<variant>/ and DIR's fixed vectors (UserError,
+    naming the folder and the fix, when they are missing or do not belong together). The outputs are
+    computed from the .espdl by quant.espdl.interpreter (what a chip computes), vector by vector when the
+    run reaches it. `fault` matters only for layer_fault, which the interpreter injects into one layer
+    (its node hook) so that everything downstream is computed from it."""
     if variant not in VARIANTS:
         raise UserError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     models_dir = Path(models_dir)
@@ -170,7 +170,8 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
         input_exponent=int(inp["exponent"]),
         input_dtype=str(inp.get("dtype", "int8")),
         vector_names=names,
-        reference=ref_outputs,
+        output_names=[t.name for t in ref_outputs[0]],
+        output_size=len(ref_outputs[0][0].data),
         latency_basis_us=lat[0],
         latency_budget_us=lat[1],
         internal_basis=ram[0],
@@ -179,15 +180,15 @@ def load_variant(variant: str, models_dir: Path = MODELS, source: str = "auto", 
         psram_budget=psram[1],
         tolerance=dict(config.get("tolerance") or {}),
     )
+    data.interpreter = Interpreted.open(data, espdl_path, models_dir, fault)  # first: the folder's own vectors
     data.embedded = _embedded_test_outputs(espdl, espdl_path)
-    if source in ("auto", "interpreter"):
-        data.interpreter = Interpreted.open(data, espdl_path, models_dir, fault)
-        if data.interpreter is None and source == "interpreter":
-            raise UserError(f"--source interpreter needs a valid {VECTORS_BIN.name} (+ .json) for this reference in "
-                            f"{models_dir}; use --source reference")
-    if data.interpreter is not None:
-        data.dump_error = ""
     return data
+
+
+def check_folder(variant: str, models_dir: Path = MODELS) -> None:
+    """UserError (one line: the folder and the fix) unless the virtual board can compute `variant` from
+    `models_dir`: its .espdl, reference, .info budgets and the folder's own valid fixed vectors."""
+    load_variant(variant, models_dir)
 
 
 def _embedded_test_outputs(espdl: bytes, path: Path) -> dict[str, Tensor]:
@@ -218,40 +219,43 @@ class Interpreted:
         self._intermediates: list[Tensor] | None = None
 
     @classmethod
-    def open(cls, data: VariantData, espdl_path: Path, models_dir: Path, fault: str) -> Interpreted | None:
+    def open(cls, data: VariantData, espdl_path: Path, models_dir: Path, fault: str) -> Interpreted:
+        """UserError when `models_dir` has no valid fixed vectors, or not the ones its reference was computed on."""
         from quant.variants.vectors import load_vectors  # noqa: PLC0415
 
+        fix = VECTORS_FIX.format(dir=models_dir)
         try:
-            x, _ = load_vectors(models_dir)
-        except UserError:
-            return None  # no valid test vectors beside this reference: serve the reference
-        if len(x) != len(data.reference):
-            return None  # the vectors do not belong to this reference: serve the reference
+            x, meta = load_vectors(models_dir)
+        except UserError as exc:
+            raise UserError(f"the virtual board computes its outputs from {models_dir}'s own fixed vectors and "
+                            f"they are not usable ({exc}); {fix}") from None
+        names = [str(m.get("name", "")) if isinstance(m, dict) else "" for m in meta]
+        if names != data.vector_names:
+            raise UserError(f"the fixed vectors in {models_dir} ({len(names)}: {', '.join(names[:3])}...) are not the "
+                            f"ones {espdl_path.parent.name}'s reference was computed on ({len(data.vector_names)}: "
+                            f"{', '.join(data.vector_names[:3])}...); rebuild the variant on these vectors with "
+                            f"`quant build --variant {data.variant} --out {models_dir}`")
         vectors = x[:, None]  # each one 1x1x96x96
-        outs = [t.name for t in data.reference[0]]
-        return cls(data.espdl_bytes, espdl_path, vectors, outs, data.input_name, fault)
+        return cls(data.espdl_bytes, espdl_path, vectors, data.output_names, data.input_name, fault)
 
     def _load(self):
         from quant.espdl import reader as espdl
         from quant.espdl import interpreter  # noqa: PLC0415
 
         model = espdl.loads(self.espdl_bytes, name=str(self.espdl_path), path=self.espdl_path)
-        interp = interpreter.Interpreter(model)  # exact_average=False: the chip's arithmetic
+        hook = None
         if self.fault == "layer_fault":
             graph_outputs = {o.name for o in model.outputs}
             inner = [n for n in model.nodes if n.outputs and n.outputs[0] not in graph_outputs]
             node = inner[len(inner) // 2]
             self.fault_node, self.fault_value = node.name, node.outputs[0]
-            op = getattr(interp, f"_op_{node.op_type}")
 
-            def broken(n, args, notes, op=op, name=node.name):
-                outs = op(n, args, notes)
+            def hook(n, outs, name=node.name):  # a broken kernel: this node's outputs, every later node reads them
                 if n.name != name:
                     return outs
                 return [interpreter.QTensor(_perturb_array(q.data, q.dtype), q.exponent, q.dtype) for q in outs]
 
-            setattr(interp, f"_op_{node.op_type}", broken)  # this instance only
-        return interp
+        return interpreter.Interpreter(model, node_hook=hook)  # exact_average=False: the chip's arithmetic
 
     def _compute(self, vec: int) -> None:
         if self._interpreter is None:
@@ -295,12 +299,6 @@ class Stop:
     """Marks the point where a silent board stops printing for good (until the next reset)."""
 
 
-def _format_line(tag: str, fields: dict, version: int = 1) -> str:
-    from quant.board.protocol import format_line  # noqa: PLC0415  (numpy: imported when the app starts)
-
-    return format_line(tag, fields, version) + "\n"
-
-
 class App:
     """The test app's behaviour, with a fault. Methods return the text the board prints."""
 
@@ -310,22 +308,31 @@ class App:
         if runs < 1:
             raise UserError(f"--runs must be at least 1, not {runs}")
         self.data, self.fault, self.runs = data, fault, runs
-        import quant.board.protocol  # noqa: F401, PLC0415  (fail at start, not at the first line)
-        self.fault_vector = min(FAULT_VECTOR, len(data.reference) - 1)
-        self.fault_element = min(FAULT_ELEMENT, len(data.reference[self.fault_vector][0].data) - 1)
-        self.lines = 0  # payload lines since BOOT (END carries this count)
+        from quant.board.protocol import Emitter  # noqa: PLC0415  (numpy: imported when the app starts)
+
+        self._new_emitter = lambda: Emitter(version=2 if fault == "version" else 1)
+        self.emitter = self._new_emitter()  # counts the lines since BOOT (END carries the count)
+        self.chatter_lines = 0
+        self.fault_vector = min(FAULT_VECTOR, len(data.vector_names) - 1)
+        self.fault_element = min(FAULT_ELEMENT, data.output_size - 1)
         self.millis = 0  # the fake esp_log timestamp
         self.boots = 0
         self.waiting = False  # True between READY and the command, as app_main's wait_for_command()
 
     # -- formatting ----------------------------------------------------------------------------
-    def _line(self, tag: str, *, counted: bool = True, **fields) -> str:
-        version = 2 if self.fault == "version" else 1
-        text = _format_line(tag, fields, version)
-        self.lines += counted
-        if self.fault == "chatter":
-            text = self._chatter(tag) + text
-        return text
+    def _line(self, tag: str, **fields) -> str:
+        return self._chatty(self.emitter.line(tag, **fields))
+
+    def _chatty(self, text: str) -> str:
+        """With the chatter fault: other tasks' logs before every protocol line of `text`."""
+        if self.fault != "chatter":
+            return text
+        out = []
+        for line in text.splitlines(keepends=True):
+            self.chatter_lines += 1
+            words = line.split()  # "@gm1 TAG key=value ... *crc"
+            out.append(self._chatter(words[1] if len(words) > 1 else "") + line)
+        return "".join(out)
 
     def _log(self, level: str, tag: str, msg: str, step: int = 3) -> str:
         self.millis += step
@@ -333,7 +340,7 @@ class App:
 
     def _chatter(self, tag: str) -> str:
         """Other tasks' logs around (and in front of) valid lines: none carries the magic."""
-        k = self.lines
+        k = self.chatter_lines
         noise = [
             self._log("I", "wifi", f"station: idle, rssi=-{40 + k % 30}"),
             f"TENSOR vec={k % 10} name=logits dtype=int8 data=1,2,3 (debug echo, not a result)\n",
@@ -363,7 +370,7 @@ class App:
     def boot(self, reason: str = "0x1 (POWERON)") -> str:
         """Hard reset (or a reboot after a fault): ROM banner, IDF logs, BOOT, READY."""
         self.boots += 1
-        self.lines = 0
+        self.emitter = self._new_emitter()
         self.waiting = True
         text = self._rom_banner(reason)
         for tag, msg, step in [
@@ -380,7 +387,7 @@ class App:
         text += self._line(
             "BOOT", fw="1.0.0", variant=self.data.variant, target="esp32s3", idf="virtual", espdl="virtual",
             cpu_mhz=CPU_MHZ, psram_bytes=PSRAM_BYTES, cores=1, runs=self.runs,
-            vectors=len(self.data.reference), board="virtual", source=self.data.source,
+            vectors=len(self.data.vector_names), board="virtual", source=self.data.source,
         )
         text += self._line("READY", cmd="run")
         return text
@@ -405,16 +412,8 @@ class App:
 
     # -- run -------------------------------------------------------------------------------------
     def _tensor_lines(self, vec: int, t: Tensor) -> list[str]:
-        out = []
-        for off in range(0, max(len(t.data), 1), 64):
-            chunk = t.data[off : off + 64]
-            out.append(
-                self._line(
-                    "TENSOR", vec=vec, name=t.name, dtype=t.dtype, shape=t.shape, exp=t.exponent, off=off,
-                    count=len(chunk), total=len(t.data), data=chunk,
-                )
-            )
-        return out
+        text = self._chatty(self.emitter.tensor(vec, t.name, t.dtype, t.shape, t.exponent, t.data))
+        return text.splitlines(keepends=True)
 
     def _outputs(self, vec: int) -> list[Tensor]:
         tensors = [Tensor(t.name, t.dtype, t.shape, t.exponent, list(t.data)) for t in self.data.outputs(vec)]
@@ -426,35 +425,15 @@ class App:
             t.data[i] = t.data[i] + lsb if t.data[i] + lsb <= hi else t.data[i] - lsb
         if self.fault == "wrong_exponent" and vec == self.fault_vector:
             t.exponent += 1
-        if self.fault == "layer_fault" and not self._injected:  # a broken kernel: every output differs
-            for tensor in tensors:
-                tensor.data = [_perturb(v, j, tensor.dtype) for j, v in enumerate(tensor.data)]
-        return tensors
-
-    @property
-    def _injected(self) -> bool:
-        """layer_fault is computed inside the interpreter (true propagation), not painted on."""
-        return isinstance(self.data.interpreter, Interpreted)
+        return tensors  # layer_fault is computed inside the interpreter (its node hook), not painted on
 
     @property
     def fault_layer(self) -> str | None:
         """The value layer_fault breaks (the first that diverges in a dump): the middle node output."""
-        if self._injected:
-            return self.data.interpreter.layer_fault_value
-        layers = [t.name for t in self.data.intermediates() if t.name != self.data.input_name]
-        return layers[len(layers) // 2] if layers else None
+        return self.data.interpreter.layer_fault_value
 
     def _intermediates(self) -> list[Tensor]:
-        tensors = self.data.intermediates()
-        if self.fault != "layer_fault" or self._injected or self.fault_layer is None:
-            return tensors
-        first = [t.name for t in tensors].index(self.fault_layer)
-        return [
-            Tensor(t.name, t.dtype, t.shape, t.exponent, [_perturb(v, j, t.dtype) for j, v in enumerate(t.data)])
-            if k >= first
-            else t
-            for k, t in enumerate(tensors)
-        ]
+        return self.data.intermediates()
 
     def _latency(self, vec: int) -> tuple[int, int, int]:
         h = int(hashlib.sha256(f"{self.data.variant}:{vec}".encode()).hexdigest()[:8], 16)
@@ -496,10 +475,6 @@ class App:
         yield self._line("MEM", stage="low_water", internal_free=low[0], psram_free=low[1])
         vectors = len(d.vector_names)
         if dump:  # like the firmware: vector 0's input as quantized, then every node output
-            if d.dump_error:
-                yield self._line("ERROR", code="dump_unsupported", msg=d.dump_error)
-                yield self._end(vectors, tensors, ok=False)
-                return
             for t in self._intermediates():
                 yield "".join(self._tensor_lines(0, t))
                 tensors += 1
@@ -513,9 +488,7 @@ class App:
         """ESP-DL's model->test(): vector 0's outputs against the test outputs embedded in the .espdl
         (same dtype, shape and exponent; int8 exact, int16 within 1 LSB).
 
-        With `source=interpreter` this checks the board's own computation. With `source=reference` the
-        board's outputs are the stored simulator ints, so it checks that the reference and the file
-        agree (both come from esp-ppq), not a computation: SELFTEST carries `basis=<source>`.
+        The outputs are the interpreter's, so this checks the board's own computation (SELFTEST basis=interpreter).
         A .espdl without test outputs fails, as ESP-DL's test() has nothing to pass.
         """
         if not self.data.embedded:
@@ -531,16 +504,7 @@ class App:
         return True
 
     def _end(self, vectors: int, tensors: int, ok: bool) -> str:
-        status = "ok" if ok else "error"  # END is not counted: it carries the count
-        return self._line("END", counted=False, vectors=vectors, tensors=tensors, lines=self.lines, status=status)
-
-
-def _perturb(v: int, j: int, dtype: str) -> int:
-    """A broken kernel's output: deterministic, always different, within the dtype's range."""
-    bits = int(dtype[3:]) if dtype.startswith("int") else 8
-    hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
-    delta = 3 + j % 5
-    return v + delta if v + delta <= hi else max(lo, v - delta)
+        return self._chatty(self.emitter.end_line(vectors, tensors, ok))  # END is not counted: it carries the count
 
 
 def _perturb_array(data, dtype: str):
@@ -670,19 +634,16 @@ def serve(app: App, *, pty_file: Path | None = None, parent: int = 0, lifetime_s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", required=True, choices=VARIANTS, help="which model the board runs")
     parser.add_argument("--fault", default="none", choices=list(FAULTS), help="inject a bench fault")
-    parser.add_argument("--models", type=Path, default=MODELS, help="models directory (default: models/)")
+    parser.add_argument("--models-dir", type=Path, default=MODELS, metavar="DIR",
+                        help="the variant folders and their fixed vectors (default: models/)")
     parser.add_argument("--runs", type=int, default=10, help="inferences per vector the app reports")
     parser.add_argument("--pty-file", type=Path, help="also write the pty path to this file (atomically)")
-    parser.add_argument(
-        "--source", default="auto", choices=("auto", "interpreter", "reference"),
-        help="where outputs come from: the host .espdl interpreter or the stored simulator reference",
-    )
     parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--lifetime", type=float, default=LIFETIME_S, help="exit after this many seconds")
 
 
 def run(args: argparse.Namespace) -> int:
-    app = App(load_variant(args.variant, args.models, args.source, args.fault), args.fault, args.runs)
+    app = App(load_variant(args.variant, args.models_dir, args.fault), args.fault, args.runs)
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # unplugging the board is not an error
         signal.signal(sig, lambda *_: sys.exit(0))
     _die_with_parent(args.parent_pid)
@@ -695,7 +656,7 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-class VirtualBoard:
+class VirtualProcess:
     """A running `quant virtual-board` process; `.port` is its pty (pass it as --port=...)."""
 
     def __init__(self, proc: subprocess.Popen, port: str, workdir: tempfile.TemporaryDirectory, fault: str):
@@ -716,33 +677,25 @@ class VirtualBoard:
                 self.proc.wait(timeout=3)
         self._workdir.cleanup()
 
-    def __enter__(self) -> VirtualBoard:
+    def __enter__(self) -> VirtualProcess:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-SOURCE_ENV = "QUANT_VIRTUAL_BOARD_SOURCE"  # auto | interpreter | reference, for start()'s default
-
-
 def start(variant: str, *, fault: str | None = None, models_dir: Path = MODELS, runs: int = 10,
-          source: str | None = None, timeout_s: float = 10.0) -> VirtualBoard:
-    """Start a virtual board process for `variant` (with `fault`) and return once its port exists.
-
-    `source` defaults to $QUANT_VIRTUAL_BOARD_SOURCE, else "auto" (the interpreter when available)."""
+          timeout_s: float = 10.0) -> VirtualProcess:
+    """Start a virtual board process for `variant` (with `fault`) and return once its port exists."""
     fault = fault or "none"
     if fault not in FAULTS:
         raise UserError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
-    source = source or os.environ.get(SOURCE_ENV) or "auto"
-    if source not in ("auto", "interpreter", "reference"):
-        raise UserError(f"{SOURCE_ENV}={source!r} is unknown; use auto, interpreter or reference")
     workdir = tempfile.TemporaryDirectory(prefix="vboard-")
     pty_file = Path(workdir.name) / "port"
     log = open(Path(workdir.name) / "stderr.txt", "w+b")  # noqa: SIM115  (read on failure)
     cmd = [
         sys.executable, "-m", "quant.board.virtual", "--variant", variant, "--fault", fault,
-        "--models", str(models_dir), "--runs", str(runs), "--source", source,
+        "--models-dir", str(models_dir), "--runs", str(runs),
         "--pty-file", str(pty_file), "--parent-pid", str(os.getpid()),
     ]
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -764,7 +717,7 @@ def start(variant: str, *, fault: str | None = None, models_dir: Path = MODELS, 
         workdir.cleanup()
         raise
     log.close()
-    return VirtualBoard(proc, pty_file.read_text().strip(), workdir, fault)
+    return VirtualProcess(proc, pty_file.read_text().strip(), workdir, fault)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,7 +198,7 @@ def _source(spec: str, model, vector: int, vectors):
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"source {spec!r} is not interpreter, interpreter-exact, embedded or a transcript file")
-    session = protocol.Session()
+    session = protocol.TranscriptParser()
     session.feed(path.read_bytes())
     run = session.finish()
     for problem in run.problems()[:5]:

@@ -179,10 +179,14 @@ def _to_4d(data: np.ndarray) -> np.ndarray:
 class Interpreter:
     """Runs an `EspdlModel`. `run(x)` accepts float input (quantized like ESP-DL's `assign`) or ints."""
 
-    def __init__(self, model: EspdlModel, exact_average: bool = False, wide_accumulators: bool = False):
+    def __init__(self, model: EspdlModel, exact_average: bool = False, wide_accumulators: bool = False,
+                 node_hook=None):
         """`exact_average` divides average pools exactly and `wide_accumulators` lets Conv/Gemm sums exceed the
-        S3's 20/40-bit lanes: both together are the PPQ simulator's arithmetic (the default is the chip's)."""
+        S3's 20/40-bit lanes: both together are the PPQ simulator's arithmetic (the default is the chip's).
+        `node_hook(node, outs) -> outs`, when given, sees every node's outputs before later nodes read them
+        (fault injection: the virtual board's layer_fault)."""
         self.model = model
+        self.node_hook = node_hook
         self.exact_average = exact_average
         self.wide_accumulators = wide_accumulators
         self._prepared: dict[str, dict] = {}
@@ -283,6 +287,8 @@ class Interpreter:
                 raise
             except Exception as exc:
                 raise UserError(f"{node.op_type} {node.name!r} failed on the host: {exc}") from exc
+            if self.node_hook is not None:
+                outs = self.node_hook(node, outs)
             for name, value in zip(node.outputs, outs):
                 env[name] = value
         return result
