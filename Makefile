@@ -24,16 +24,20 @@ $(VENV)/.installed: pyproject.toml requirements-lint.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'" >&2; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	@index='$(TORCH_INDEX)'; \
-	if [ -n "$$index" ] && [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1 \
-	   && timeout 15 $(PY) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=10)' "$$index" 2>/dev/null; then \
+	@index='$(TORCH_INDEX)'; why=''; \
+	if [ -z "$$index" ]; then why='TORCH_INDEX is empty'; \
+	elif [ "$$(uname -s)" != Linux ]; then why="$$(uname -s): plain torch is the CPU build"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then why='an NVIDIA driver is present'; \
+	elif ! timeout 15 $(PY) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=10)' "$$index" 2>/dev/null; then \
+	  why="TORCH_INDEX=$$index is not reachable"; fi; \
+	if [ -z "$$why" ]; then \
 	  echo "torch==$(TORCH_VERSION): CPU build from TORCH_INDEX=$$index"; \
 	  $(PY) -m pip install --quiet --index-url "$$index" torch==$(TORCH_VERSION); \
 	else \
-	  echo "torch==$(TORCH_VERSION): from pip's configured index (TORCH_INDEX not used: empty, not Linux, CUDA present, or not reachable)"; \
+	  echo "torch==$(TORCH_VERSION): from pip's configured index ($$why)"; \
 	  $(PY) -m pip install --quiet torch==$(TORCH_VERSION); \
 	fi
-	@$(PY) -c 'import torch; print("torch resolved:", torch.__version__, "CUDA" if torch.version.cuda else "CPU only", f"(cuda {torch.version.cuda})" if torch.version.cuda else "")'
+	@$(PY) -W ignore -c 'import torch; c = torch.version.cuda; print("torch resolved:", torch.__version__, f"(CUDA {c})" if c else "(CPU only)")'
 	$(PY) -m pip install --quiet -e '.[test]'
 	$(PY) -m pip install --quiet --only-binary=:all: -r requirements-lint.txt
 	touch $@
@@ -69,11 +73,11 @@ bench: setup
 
 # rewrite the command outputs shown in README.md and docs/*.md (<!-- example: ... --> blocks)
 docs-examples: setup
-	$(PY) -m tests_host.doc_examples --write
+	$(PY) tests_host/doc_examples.py --write
 
 # execute the three notebooks in place and store them with their outputs (quantizes: minutes)
 notebooks: setup
-	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=900 notebooks/quantize_*.ipynb
+	nice $(PY) notebooks/execute.py
 
 clean-venv:
 	rm -rf $(VENV) $(BOARD_VENV)
