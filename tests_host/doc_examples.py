@@ -50,7 +50,7 @@ class Example:
 
     @property
     def id(self) -> str:
-        return f"{self.file.relative_to(REPO)}: {self.command}"
+        return f"{self.file.relative_to(REPO) if self.file.is_relative_to(REPO) else self.file.name}: {self.command}"
 
 
 def doc_files() -> list[Path]:
@@ -102,7 +102,7 @@ def write(files: list[Path] | None = None) -> int:
         if new != old:
             f.write_text(new)
             changed += 1
-            print(f"rewrote {f.relative_to(REPO)}")
+            print(f"rewrote {f.relative_to(REPO) if f.is_relative_to(REPO) else f}")
     print(f"{len(examples(files))} examples, {changed} file(s) changed")
     return 0
 
