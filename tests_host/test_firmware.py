@@ -2,7 +2,7 @@
 
 No ESP-IDF is needed. The syntax check against the real ESP-IDF/ESP-DL headers and the
 idf-build-apps discovery run when the trees are available (FWCHECK_IDF, FWCHECK_ESPDL,
-FWCHECK_SCRIPT; see README.md, 'The ESP32-S3 test app') and are skipped with that instruction otherwise.
+FWCHECK_SCRIPT; see docs/firmware.md) and are skipped with that instruction otherwise.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ SYNTAX_SCRIPT = Path(os.environ.get("FWCHECK_SCRIPT") or next(
     Path("firmware_syntax.sh (not found)")))
 TREES_HOWTO = (
     "needs ESP-IDF and ESP-DL source trees and firmware_syntax.sh: set FWCHECK_IDF, FWCHECK_ESPDL and "
-    "FWCHECK_SCRIPT (see README.md, 'The ESP32-S3 test app', 'Checking the sources without a toolchain')"
+    "FWCHECK_SCRIPT (see docs/firmware.md, 'Checking the sources without a toolchain')"
 )
 
 

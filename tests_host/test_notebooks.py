@@ -1,4 +1,5 @@
-"""The three walk-throughs run top to bottom against the committed artifacts (one of them quantizes)."""
+"""The three walk-throughs run top to bottom against the committed artifacts (one of them quantizes), and are
+stored with their outputs. `pytest --nbmake notebooks/` runs them too (notebooks/conftest.py)."""
 
 from pathlib import Path
 
@@ -11,11 +12,16 @@ from quant import paths
 NOTEBOOKS = sorted((paths.REPO / "notebooks").glob("quantize_*.ipynb"))
 
 
-def test_the_three_notebooks_exist_and_are_stored_without_outputs():
+def test_the_three_notebooks_are_stored_executed_with_a_plot_each():
+    """Stored as `make notebooks` (notebooks/execute.py) leaves them: every code cell run, no error, a PNG plot."""
     assert [p.name for p in NOTEBOOKS] == ["quantize_8bit.ipynb", "quantize_equalization.ipynb", "quantize_mixed.ipynb"]
     for p in NOTEBOOKS:
         nb = nbformat.read(p, as_version=4)
-        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code")
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.get("execution_count") for c in code), f"{p.name}: not executed; run `make notebooks`"
+        outputs = [o for c in code for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"], p.name
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{p.name}: no plot"
 
 
 @pytest.mark.skipif(not all(paths.variant_file(v, ".info").is_file() for v in paths.VARIANTS),

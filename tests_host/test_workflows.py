@@ -1,4 +1,4 @@
-"""The GitHub workflows lint clean and keep the contract README.md, 'Continuous integration' describes."""
+"""The GitHub workflows lint clean and keep the contract docs/ci-runner.md describes."""
 
 from __future__ import annotations
 
