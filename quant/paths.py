@@ -1,21 +1,15 @@
-"""Where things live in the repository (one definition each)."""
+"""Old name of `quant.folder`, which owns the paths (kept only so that modules still importing
+`quant.paths` keep working while they move; new code imports quant.folder)."""
 
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-MODELS = REPO / "models"
-FIRMWARE = REPO / "firmware"
-FLOAT_ONNX = MODELS / "gesture_float.onnx"
-FLOAT_META = MODELS / "gesture_float.json"
-VECTORS_BIN = MODELS / "test_vectors.bin"
-VECTORS_META = MODELS / "test_vectors.json"
-VARIANTS = ("int8", "mixed", "balanced")
-
-
-def variant_dir(variant: str, models: Path = MODELS) -> Path:
-    return Path(models) / f"gesture_model_{variant}"
-
-
-def variant_file(variant: str, suffix: str, models: Path = MODELS) -> Path:
-    """`suffix` is one of '.espdl', '.info', '.json', '.reference.json', '.graph.txt'."""
-    return variant_dir(variant, models) / f"gesture_model_{variant}{suffix}"
+from quant.folder import (  # noqa: F401
+    FIRMWARE,
+    FLOAT_META,
+    FLOAT_ONNX,
+    MODELS,
+    REPO,
+    VARIANTS,
+    VECTORS_BIN,
+    VECTORS_META,
+    variant_dir,
+    variant_file,
+)

@@ -13,7 +13,7 @@ from quant.board import budgets
 from quant.board.report import write_run_report
 from quant.board.session import BoardOutcome
 from quant.errors import UserError
-from quant.paths import REPO
+from quant.folder import REPO
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_dry_run_prints_the_diff_and_writes_nothing(models, tmp_path, capsys):
 def test_update_budgets_refuses_a_virtual_run_with_one_line(models, tmp_path):
     report = report_of(models, tmp_path, board="virtual")
     proc = subprocess.run([sys.executable, "-m", "quant", "update-budgets", "--results", str(report),
-                           "--models", str(models)], cwd=REPO, capture_output=True, text=True, timeout=60)
+                           "--models-dir", str(models)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert "virtual-board run" in proc.stderr and "not measurements" in proc.stderr

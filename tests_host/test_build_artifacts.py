@@ -9,12 +9,12 @@ import tomllib
 
 import pytest
 
-from quant import paths
+from quant import folder as paths
 
 from quant.variants import reference
 
 from quant.variants import specs as variants
-from quant.variants.build import info_digest
+from quant.folder import info_digest
 
 BUDGETS = {"latency_us", "internal_ram_bytes", "psram_bytes", "flash_bytes"}
 pytestmark = pytest.mark.skipif(not all(paths.variant_file(v, ".json").is_file() for v in paths.VARIANTS),

@@ -11,7 +11,7 @@ from quant.variants import data
 
 from quant.variants import vectors
 from quant.errors import UserError
-from quant.paths import MODELS, VECTORS_BIN, VECTORS_META
+from quant.folder import MODELS, VECTORS_BIN, VECTORS_META
 
 
 def test_committed_vectors_match_make_vectors_byte_for_byte():

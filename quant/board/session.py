@@ -25,7 +25,7 @@ from typing import Any
 
 from quant.board import protocol
 from quant.errors import UserError
-from quant.paths import MODELS
+from quant.folder import MODELS
 
 DEFAULT_TIMEOUT_S = 25.0  # the longest silence a healthy board shows (boot, one vector's runs)
 TOTAL_FACTOR = 10  # a run may take at most TOTAL_FACTOR * timeout_s in all (dump: DUMP_FACTOR)
@@ -222,7 +222,7 @@ def localize(dut: Any, variant: str, *, virtual: bool, timeout_s: float, models:
         from quant.espdl import bisect
         from quant.espdl import reader as espdl
         from quant.espdl.interpreter import Interpreter
-        from quant.variants.vectors import load_vectors
+        from quant.folder import load_vectors
     except ImportError as exc:
         return f"first diverging layer: not localized ({exc.name} is not available in this checkout)"
     try:
@@ -230,7 +230,7 @@ def localize(dut: Any, variant: str, *, virtual: bool, timeout_s: float, models:
     except BoardSessionError as exc:
         return f"first diverging layer: not localized (the `run dump` session failed: {str(exc).splitlines()[0]})"
     try:
-        from quant.paths import variant_file
+        from quant.folder import variant_file
 
         model = espdl.load(variant_file(variant, ".espdl", models))
         x = load_vectors(models)[0][0][None]

@@ -34,10 +34,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quant.board.budgets import load_budgets
 from quant.board.judge import allowed_lsb, load_expectations
 from quant.errors import UserError
-from quant.paths import MODELS, REPO, VARIANTS, VECTORS_BIN, variant_file
+from quant.folder import MODELS, REPO, VARIANTS, VECTORS_BIN, load_budgets, load_vectors, variant_file
 
 FAULTS: dict[str, str] = {
     "none": "a correct board",
@@ -219,7 +218,6 @@ class Interpreted:
 
     @classmethod
     def open(cls, data: VariantData, espdl_path: Path, models_dir: Path, fault: str) -> Interpreted | None:
-        from quant.variants.vectors import load_vectors  # noqa: PLC0415
 
         try:
             x, _ = load_vectors(models_dir)
