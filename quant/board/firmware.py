@@ -17,8 +17,8 @@ import subprocess
 from pathlib import Path
 
 from quant.errors import UserError
-from quant import folder as paths
-from quant.folder import VARIANTS
+from quant import paths
+from quant.paths import VARIANTS
 
 TARGET = "esp32s3"
 PROJECT = "gesture_test_app"  # project() in firmware/CMakeLists.txt: the app binary is <PROJECT>.bin

@@ -14,7 +14,6 @@ coordinate), the LSB difference, and the first few differences.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
