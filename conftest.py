@@ -23,7 +23,7 @@ import pytest
 
 from quant.board import boards
 from quant.errors import UserError
-from quant.paths import FIRMWARE, MODELS, REPO, VARIANTS, variant_file
+from quant.folder import FIRMWARE, MODELS, REPO, VARIANTS, variant_file
 
 TARGET = "esp32s3"
 HOW_TO_RUN = (

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from quant.espdl.reader import load  # noqa: E402
 from quant.espdl.interpreter import Interpreter  # noqa: E402
-from quant.paths import VARIANTS, variant_file  # noqa: E402
+from quant.folder import VARIANTS, variant_file  # noqa: E402
 
 REPEATS = 20
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from quant.espdl import reader  # noqa: E402
-from quant.paths import VARIANTS, variant_file  # noqa: E402
+from quant.folder import VARIANTS, variant_file  # noqa: E402
 from quant.variants import latency  # noqa: E402
 
 

@@ -17,7 +17,8 @@ from quant.errors import UserError
 # name -> (module, one-line help)
 COMMANDS = {
     "train": ("quant.variants.train", "train the default float model on synthetic gestures (reproducible)"),
-    "build": ("quant.variants.build", "produce the quantized variants in models/ (int8, mixed, balanced)"),
+    "vectors": ("quant.variants.vectors", "make a models folder's fixed test vectors from your own images"),
+    "build": ("quant.variants.build", "produce the quantized variants in a models folder (default models/)"),
     "report": ("quant.variants.report", "compare the variants with the float model (table and PNG chart)"),
     "inspect": ("quant.espdl.reader", "print the contents of an .espdl file"),
     "verify": ("quant.espdl.verify", "run an .espdl's embedded test inputs through the host interpreter"),

@@ -12,7 +12,7 @@ from quant.board.boards import VirtualBoard
 from quant.errors import UserError
 from quant.board.session import BoardSessionError, run_board
 from quant.board.protocol import format_line
-from quant.paths import MODELS
+from quant.folder import MODELS
 
 VIRTUAL = VirtualBoard(MODELS)  # resets with `reset` on every session, claims "virtual"
 

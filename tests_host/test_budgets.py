@@ -7,18 +7,20 @@ import sys
 import tomllib
 
 import pytest
-from target_fixtures import BUDGETS, board_run, espdl_sha, make_models
+from conftest import FAKE_BUDGETS as BUDGETS
+from conftest import run_quant
+from target_fixtures import board_run, espdl_sha
 
 from quant.board import budgets
 from quant.board.report import write_run_report
 from quant.board.session import BoardOutcome
 from quant.errors import UserError
-from quant.paths import REPO
+from quant.folder import REPO
 
 
 @pytest.fixture
-def models(tmp_path):
-    return make_models(tmp_path / "models")
+def models(fake_models):
+    return fake_models
 
 
 def test_measure_takes_the_slowest_vectors_median_and_ram_down_to_the_low_water_mark():
@@ -82,7 +84,8 @@ def test_update_budgets_rewrites_values_with_headroom_and_provenance_and_keeps_t
     changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines()) if a != b]
     assert len(before.splitlines()) == len(after.splitlines())
     assert {a.split("=")[0].strip() for a, _ in changed} <= {"value", "basis", "headroom", "provenance", "method"}
-    assert "value = 15000                    # the budget" in after
+    old_line = next(ln for ln in before.splitlines() if ln.startswith("value = 14000 "))
+    assert old_line.replace("value = 14000", "value = 15000") in after.splitlines()  # the comment kept its column
     out = capsys.readouterr().out
     assert "budgets.latency_us: 14000 (estimated, basis 12174, headroom 15%) -> 15000 (measured, basis 12500, headroom 20%)" in out
 
@@ -97,8 +100,8 @@ def test_dry_run_prints_the_diff_and_writes_nothing(models, tmp_path, capsys):
 
 def test_update_budgets_refuses_a_virtual_run_with_one_line(models, tmp_path):
     report = report_of(models, tmp_path, board="virtual")
-    proc = subprocess.run([sys.executable, "-m", "quant", "update-budgets", "--results", str(report),
-                           "--models", str(models)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = run_quant("update-budgets", "--results", str(report),
+                           "--models-dir", str(models), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert "virtual-board run" in proc.stderr and "not measurements" in proc.stderr

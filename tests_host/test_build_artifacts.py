@@ -9,15 +9,15 @@ import tomllib
 
 import pytest
 
-from quant import paths
+from quant import folder
 
 from quant.variants import reference
 
 from quant.variants import specs as variants
-from quant.variants.build import info_digest
+from quant.folder import info_digest
 
 BUDGETS = {"latency_us", "internal_ram_bytes", "psram_bytes", "flash_bytes"}
-pytestmark = pytest.mark.skipif(not all(paths.variant_file(v, ".json").is_file() for v in paths.VARIANTS),
+pytestmark = pytest.mark.skipif(not all(folder.variant_file(v, ".json").is_file() for v in folder.VARIANTS),
                                 reason="variant folders not built yet (quant build)")
 
 
@@ -26,32 +26,32 @@ def sha(path) -> str:
 
 
 def load(v):
-    with open(paths.variant_file(v, ".info"), "rb") as fh:
+    with open(folder.variant_file(v, ".info"), "rb") as fh:
         info = tomllib.load(fh)
-    return info, json.loads(paths.variant_file(v, ".json").read_text()), \
-        json.loads(paths.variant_file(v, ".reference.json").read_text())
+    return info, json.loads(folder.variant_file(v, ".json").read_text()), \
+        json.loads(folder.variant_file(v, ".reference.json").read_text())
 
 
-@pytest.mark.parametrize("v", paths.VARIANTS)
+@pytest.mark.parametrize("v", folder.VARIANTS)
 def test_hashes_in_json_match_the_files_and_the_inputs(v):
     _, meta, ref = load(v)
     h = meta["hashes"]
-    assert h["espdl"] == sha(paths.variant_file(v, ".espdl")) == ref["espdl_sha256"]
-    assert h["info"] == info_digest(paths.variant_file(v, ".info"))  # budgets excluded: update-budgets rewrites them
-    assert h["reference"] == sha(paths.variant_file(v, ".reference.json"))
-    assert h["graph_txt"] == sha(paths.variant_file(v, ".graph.txt"))
-    assert h["onnx"] == sha(paths.FLOAT_ONNX)
-    assert h["vectors"] == sha(paths.VECTORS_BIN) == ref["vectors_sha256"]
+    assert h["espdl"] == sha(folder.variant_file(v, ".espdl")) == ref["espdl_sha256"]
+    assert h["info"] == info_digest(folder.variant_file(v, ".info"))  # budgets excluded: update-budgets rewrites them
+    assert h["reference"] == sha(folder.variant_file(v, ".reference.json"))
+    assert h["graph_txt"] == sha(folder.variant_file(v, ".graph.txt"))
+    assert h["onnx"] == sha(folder.FLOAT_ONNX)
+    assert h["vectors"] == sha(folder.VECTORS_BIN) == ref["vectors_sha256"]
     assert h["spec"] == variants.VARIANTS[v].digest()
     assert meta["spec"] == json.loads(json.dumps(variants.VARIANTS[v].to_dict()))
 
 
-@pytest.mark.parametrize("v", paths.VARIANTS)
+@pytest.mark.parametrize("v", folder.VARIANTS)
 def test_reference_vector_0_is_what_the_espdl_embeds(v):
     _, meta, ref = load(v)
-    vectors = json.loads(paths.VECTORS_META.read_text())["vectors"]
+    vectors = json.loads(folder.VECTORS_META.read_text())["vectors"]
     assert [o["name"] for o in ref["outputs"]] == [x["name"] for x in vectors]
-    reference.check_embedded(paths.variant_file(v, ".espdl"), ref["outputs"])
+    reference.check_embedded(folder.variant_file(v, ".espdl"), ref["outputs"])
     out = meta["outputs"][0]
     for entry in ref["outputs"]:
         t = entry["tensors"][out["name"]]
@@ -59,7 +59,7 @@ def test_reference_vector_0_is_what_the_espdl_embeds(v):
         assert entry["top1"] == max(range(len(t["data"])), key=t["data"].__getitem__)
 
 
-@pytest.mark.parametrize("v", paths.VARIANTS)
+@pytest.mark.parametrize("v", folder.VARIANTS)
 def test_info_parses_and_every_budget_is_stated(v):
     info, meta, _ = load(v)
     assert set(info["budgets"]) == BUDGETS
@@ -67,12 +67,12 @@ def test_info_parses_and_every_budget_is_stated(v):
         assert b["provenance"] in ("estimated", "measured") and b["method"]
         assert b["value"] >= b["basis"] > 0
     assert info["budgets"]["flash_bytes"]["basis"] == info["model"]["espdl_bytes"] == \
-        paths.variant_file(v, ".espdl").stat().st_size
+        folder.variant_file(v, ".espdl").stat().st_size
     assert len(info["quality"]["worst_layers"]) == 5
     assert meta["platform"]["weights"] == "per-tensor power-of-two" and meta["platform"]["rounding"] == "half-up"
 
 
-@pytest.mark.parametrize("v", paths.VARIANTS)
+@pytest.mark.parametrize("v", folder.VARIANTS)
 def test_quality_gate_holds(v):
     info, meta, _ = load(v)
     q = info["quality"]
@@ -116,7 +116,7 @@ def test_balanced_swapped_relu6_and_equalized_pairs():
 def test_committed_variants_are_up_to_date_with_the_code_and_inputs():
     # a change to the quantization code, spec, tools or inputs without `quant build` fails here
     env = dict(os.environ, PYTHONHASHSEED="0")
-    proc = subprocess.run([sys.executable, "-m", "quant", "build", "--check"], cwd=paths.REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "quant", "build", "--check"], cwd=folder.REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("up to date") == len(variants.VARIANTS)

@@ -17,36 +17,59 @@ import cv2
 import numpy as np
 import pytest
 
+from quant import folder
 from quant.variants import build as qbuild
-from quant import paths
 from quant.variants import data
 from quant.errors import UserError
 from quant.variants.specs import get
 
-ONNX, VECTORS = paths.FLOAT_ONNX, paths.MODELS
+ONNX, VECTORS = folder.FLOAT_ONNX, folder.MODELS
 STEM = "gesture_model_int8"
-SUFFIXES = (".espdl", ".info", ".json", ".reference.json", ".graph.txt")
-needs_float_model = pytest.mark.skipif(not ONNX.is_file() or not (VECTORS / paths.VECTORS_BIN.name).is_file(),
+SUFFIXES = folder.SUFFIXES
+needs_float_model = pytest.mark.skipif(not ONNX.is_file() or not folder.VECTORS_BIN.is_file(),
                                        reason="models/gesture_float.onnx and models/test_vectors.bin not built yet")
 
 
+def cheap(spec):
+    """The int8 spec made cheap: one calibration candidate, no quality floor (as CHEAP_INT8 does)."""
+    return dataclasses.replace(spec, floor_drop_points=100.0,
+                               calibration=dataclasses.replace(spec.calibration, candidates=("minmax",)))
+
+
+# `quant build ARGS` through the real argument parser, with build.run(specs=[cheap int8]) (no global is changed)
 CHEAP_INT8 = """
 import dataclasses, sys
-from quant.variants import specs as variants
-spec = variants.VARIANTS["int8"]
-variants.VARIANTS["int8"] = dataclasses.replace(
-    spec, floor_drop_points=100.0, calibration=dataclasses.replace(spec.calibration, candidates=("minmax",)))
-from quant.cli import main
-rc = main(["build", *sys.argv[1:]])
+from quant.cli import _parser
+from quant.errors import UserError
+from quant.variants import build, specs
+spec = specs.get("int8")
+cheap = dataclasses.replace(spec, floor_drop_points=100.0,
+                            calibration=dataclasses.replace(spec.calibration, candidates=("minmax",)))
+args = _parser().parse_args(["build", *sys.argv[1:]])
+try:
+    rc = build.run(args, specs=[cheap])
+except UserError as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    rc = 2
 print("imported:", sorted(m for m in ("esp_ppq", "torch") if m in sys.modules))
 sys.exit(rc)
 """
 
 
+def seed_vectors(models: Path) -> Path:
+    """A models folder with the default fixed vectors (folders are self-contained)."""
+    import shutil
+
+    models.mkdir(parents=True, exist_ok=True)
+    for p in (folder.VECTORS_BIN, folder.VECTORS_META):
+        shutil.copyfile(p, models / p.name)
+    return models
+
+
 def quant_build(*args):
     """`quant build ARGS` with the cheap int8 spec, in a fresh interpreter with PYTHONHASHSEED=0."""
-    args = (*args, "--onnx", str(ONNX), "--vectors", str(VECTORS))
-    return subprocess.run([sys.executable, "-c", CHEAP_INT8, *args], cwd=paths.REPO,
+    args = (*args, "--onnx", str(ONNX))
+    return subprocess.run([sys.executable, "-c", CHEAP_INT8, *args], cwd=folder.REPO,
                           env=dict(os.environ, PYTHONHASHSEED="0"), capture_output=True, text=True, timeout=600)
 
 
@@ -68,8 +91,8 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_build(tmp_path_factory, images):
-    out = tmp_path_factory.mktemp("out1")
-    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--out", str(out))
+    out = seed_vectors(tmp_path_factory.mktemp("out1"))
+    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--models-dir", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, proc
 
@@ -85,16 +108,35 @@ def test_a_build_writes_all_five_files_and_prints_the_table(first_build):
 @needs_float_model
 def test_two_builds_are_byte_identical(first_build, images, tmp_path):
     out1, _ = first_build
-    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--out", str(tmp_path))
+    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--models-dir",
+                       str(seed_vectors(tmp_path)))
     assert proc.returncode == 0, proc.stderr
     assert snapshot(tmp_path / STEM) == snapshot(out1 / STEM)
+
+
+@needs_float_model
+def test_a_new_folder_gets_vectors_from_the_users_images(images, tmp_path):
+    from quant.variants import vectors
+
+    out = tmp_path / "mine"
+    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--models-dir", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    x, meta = folder.load_vectors(out)
+    expected_x, expected_meta = vectors.make_user_vectors(data.load_image_folder(images))
+    assert meta == expected_meta and meta[0]["kind"] == "image" and (x == expected_x).all()
+    ref = __import__("json").loads((out / STEM / f"{STEM}.reference.json").read_text())
+    assert ref["vectors_sha256"] == folder.sha256_file(out / "test_vectors.bin")
+    check = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--models-dir", str(out), "--check")
+    assert check.returncode == 0 and f"checking {out.resolve()}" in check.stdout, check.stdout + check.stderr
+    other = quant_build("--variant", "int8", "--models-dir", str(out), "--check")  # the default data: not this folder's
+    assert other.returncode == 2 and "was built from other data" in other.stderr and "stale" not in other.stdout
 
 
 @needs_float_model
 def test_a_rebuild_with_nothing_changed_does_not_quantize(first_build, images):
     out, _ = first_build
     before = snapshot(out / STEM)
-    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--out", str(out))
+    proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--models-dir", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "int8: up to date" in proc.stdout and "imported: []" in proc.stdout
     assert snapshot(out / STEM) == before
@@ -106,18 +148,18 @@ def test_a_changed_input_is_rebuilt(first_build, images, tmp_path):
 
     shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
     spec = get("int8")
-    cheap = dataclasses.replace(spec, floor_drop_points=100.0,
-                                calibration=dataclasses.replace(spec.calibration, candidates=("minmax",)))
-    key = qbuild.build_key(_args(images, tmp_path, calib=8), cheap)
+    v = folder.sha256_file(first_build[0] / "test_vectors.bin")
+    key = qbuild.build_key(_args(images, tmp_path, calib=8), cheap(spec), v)
     assert qbuild.up_to_date(tmp_path / STEM, STEM, key)
-    assert not qbuild.up_to_date(tmp_path / STEM, STEM, qbuild.build_key(_args(images, tmp_path, calib=9), cheap))
-    assert not qbuild.up_to_date(tmp_path / STEM, STEM, qbuild.build_key(_args(images, tmp_path, calib=8), spec))
+    assert not qbuild.up_to_date(tmp_path / STEM, STEM, qbuild.build_key(_args(images, tmp_path, calib=9), cheap(spec), v))
+    assert not qbuild.up_to_date(tmp_path / STEM, STEM, qbuild.build_key(_args(images, tmp_path, calib=8), spec, v))
+    assert not qbuild.up_to_date(tmp_path / STEM, STEM, qbuild.build_key(_args(images, tmp_path, calib=8), cheap(spec), "0" * 64))
     (tmp_path / STEM / f"{STEM}.espdl").write_bytes(b"EDL2 damaged")
     assert not qbuild.up_to_date(tmp_path / STEM, STEM, key)
 
 
 def _args(images, out, calib):
-    return argparse.Namespace(variant=["int8"], onnx=ONNX, data=images, calib=calib, out=out, vectors=VECTORS, check=False)
+    return argparse.Namespace(variant=["int8"], onnx=ONNX, data=images, calib=calib, models_dir=out, check=False)
 
 
 @needs_float_model
@@ -128,18 +170,26 @@ def test_a_failed_build_leaves_the_last_good_folder(first_build, images, tmp_pat
     from quant.variants import quantize
 
     shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
+    seed_vectors(tmp_path)
     before = snapshot(tmp_path / STEM)
+    espdl = tmp_path / "x.espdl"
+    espdl.write_bytes(b"EDL2")
 
-    monkeypatch.setattr(quantize.Session, "__init__", lambda self, inputs, workdir: setattr(self, "inputs", inputs))
-    monkeypatch.setattr(quantize.Session, "run", lambda self, spec: argparse.Namespace(spec=spec, sensitivity=None))
+    monkeypatch.setattr(quantize.Quantizer, "__init__", lambda self, inputs, workdir: setattr(self, "inputs", inputs))
+    monkeypatch.setattr(quantize.Quantizer, "run", lambda self, spec: argparse.Namespace(
+        spec=spec, sensitivity=None, attempt=argparse.Namespace(espdl=espdl)))
 
-    def write_variant(session, result, folder, stem, **kw):
+    def measure(quantizer, result, ctx, key, kept):
+        return argparse.Namespace(quality={"top1_drop_points": 5.0, "float_top1": 0.99, "top1": 0.94,
+                                           "worst_layers": [{"op": "/stem/Conv", "noise_signal": 0.5}]})
+
+    def write_variant(files, folder, stem, key):
         (folder / f"{stem}.espdl").write_bytes(b"half-written")
         if failure == "interrupt":
             raise KeyboardInterrupt
-        return {"top1_drop_points": 5.0, "float_top1": 0.99, "top1": 0.94,
-                "worst_layers": [{"op": "/stem/Conv", "noise_signal": 0.5}]}
 
+    monkeypatch.setattr(qbuild, "measure", measure)
+    monkeypatch.setattr(qbuild, "serialise", lambda m: {})
     monkeypatch.setattr(qbuild, "write_variant", write_variant)
     args = _args(images, tmp_path, calib=9)  # a different input: the folder is stale
     expected = KeyboardInterrupt if failure == "interrupt" else UserError
@@ -149,7 +199,7 @@ def test_a_failed_build_leaves_the_last_good_folder(first_build, images, tmp_pat
         assert "variant int8: top-1 drop 5.00 points exceeds its floor of 1.0" in str(exc.value)
         assert "/stem/Conv" in str(exc.value)
     assert snapshot(tmp_path / STEM) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [STEM]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([STEM, "x.espdl", "test_vectors.bin", "test_vectors.json"])
 
 
 def test_an_interrupted_swap_is_recovered(tmp_path):
@@ -173,7 +223,7 @@ def test_measured_budgets_survive_and_do_not_make_the_folder_stale(first_build, 
     import json
     import shutil
 
-    from quant.board.budgets import rewrite_budgets
+    from quant.folder import measured_budgets, rewrite_budgets
 
     shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
     info = tmp_path / STEM / f"{STEM}.info"
@@ -182,5 +232,5 @@ def test_measured_budgets_survive_and_do_not_make_the_folder_stale(first_build, 
     key = json.loads((tmp_path / STEM / f"{STEM}.json").read_text())["hashes"]["build"]
     assert qbuild.up_to_date(tmp_path / STEM, STEM, key)
     espdl_sha = qbuild._sha_file(tmp_path / STEM / f"{STEM}.espdl")
-    assert qbuild.kept_budgets(tmp_path / STEM, STEM, espdl_sha) == {"latency_us": measured}
-    assert qbuild.kept_budgets(tmp_path / STEM, STEM, "0" * 64) == {}  # another model: estimates again
+    assert measured_budgets("int8", tmp_path, espdl_sha) == {"latency_us": measured}
+    assert measured_budgets("int8", tmp_path, "0" * 64) == {}  # another model: estimates again

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quant.paths import REPO
+from quant.folder import REPO
 
 
 def tiny_onnx(path: Path, shape=(1, 1, 96, 96), classes=8) -> Path:
@@ -49,19 +49,19 @@ def assert_user_error(proc, *needles, out: Path | None = None):
 
 
 def test_three_channel_model_is_rejected_with_its_shape(tmp_path):
-    proc = build("--onnx", str(tiny_onnx(tmp_path / "rgb.onnx", (1, 3, 96, 96))), "--out", str(tmp_path / "o"))
+    proc = build("--onnx", str(tiny_onnx(tmp_path / "rgb.onnx", (1, 3, 96, 96))), "--models-dir", str(tmp_path / "o"))
     assert_user_error(proc, "1x3x96x96 float32", "needs 1x1x96x96", "re-export", out=tmp_path / "o")
 
 
 def test_64x64_model_is_rejected_with_its_shape(tmp_path):
-    proc = build("--onnx", str(tiny_onnx(tmp_path / "small.onnx", (1, 1, 64, 64))), "--out", str(tmp_path / "o"))
+    proc = build("--onnx", str(tiny_onnx(tmp_path / "small.onnx", (1, 1, 64, 64))), "--models-dir", str(tmp_path / "o"))
     assert_user_error(proc, "1x1x64x64", "re-export", out=tmp_path / "o")
 
 
 def test_a_file_that_is_not_onnx_is_rejected(tmp_path):
     fake = tmp_path / "model.onnx"
     fake.write_text("this is not a protobuf\n" * 10)
-    assert_user_error(build("--onnx", str(fake), "--out", str(tmp_path / "o")), "is not an ONNX model", "--onnx")
+    assert_user_error(build("--onnx", str(fake), "--models-dir", str(tmp_path / "o")), "is not an ONNX model", "--onnx")
 
 
 def test_missing_model_file_is_named(tmp_path):
@@ -73,13 +73,13 @@ def test_unknown_variant_lists_the_known_ones(good_onnx):
 
 
 def test_missing_data_folder(tmp_path, good_onnx):
-    proc = build("--onnx", str(good_onnx), "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o"))
+    proc = build("--onnx", str(good_onnx), "--data", str(tmp_path / "none"), "--models-dir", str(tmp_path / "o"))
     assert_user_error(proc, "does not exist", "--data", out=tmp_path / "o")
 
 
 def test_empty_data_folder(tmp_path, good_onnx):
     (tmp_path / "empty").mkdir()
-    proc = build("--onnx", str(good_onnx), "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    proc = build("--onnx", str(good_onnx), "--data", str(tmp_path / "empty"), "--models-dir", str(tmp_path / "o"))
     assert_user_error(proc, "no class sub-folders", out=tmp_path / "o")
 
 
@@ -88,14 +88,14 @@ def test_folder_without_readable_images(tmp_path, good_onnx):
     cls.mkdir(parents=True)
     (cls / "a.png").write_bytes(b"not a png")
     (cls / "notes.txt").write_text("hello")
-    proc = build("--onnx", str(good_onnx), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"))
+    proc = build("--onnx", str(good_onnx), "--data", str(tmp_path / "data"), "--models-dir", str(tmp_path / "o"))
     assert_user_error(proc, "no readable images", out=tmp_path / "o")
 
 
 def test_output_folder_that_cannot_be_written(tmp_path, good_onnx):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_user_error(build("--onnx", str(good_onnx), "--out", str(blocker / "models")), "cannot be written", "--out")
+    assert_user_error(build("--onnx", str(good_onnx), "--models-dir", str(blocker / "models")), "cannot be written", "--models-dir")
 
 
 def test_class_count_must_match_the_model(tmp_path):
@@ -104,12 +104,12 @@ def test_class_count_must_match_the_model(tmp_path):
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(2):
             cv2.imwrite(str(tmp_path / "data" / name / f"{i}.png"), np.full((20, 30), 40 * i, np.uint8))
-    proc = build("--onnx", str(model), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"))
+    proc = build("--onnx", str(model), "--data", str(tmp_path / "data"), "--models-dir", str(tmp_path / "o"))
     assert_user_error(proc, "3 outputs", "2 classes", out=tmp_path / "o")
 
 
 def test_too_few_calibration_images(tmp_path, good_onnx):
-    assert_user_error(build("--onnx", str(good_onnx), "--calib", "3", "--out", str(tmp_path / "o")),
+    assert_user_error(build("--onnx", str(good_onnx), "--calib", "3", "--models-dir", str(tmp_path / "o")),
                       "3 calibration images are too few", "at least 8", out=tmp_path / "o")
 
 
@@ -118,3 +118,30 @@ def test_a_dynamic_batch_dimension_is_accepted(tmp_path):
 
     path = tiny_onnx(tmp_path / "dyn.onnx", ("N", 1, 96, 96))
     assert check_onnx(path) == ("image", ("logits",), 8)
+
+
+def _images(root: Path, per_class: int, classes=("a", "b")) -> Path:
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            cv2.imwrite(str(root / name / f"{i}.png"), np.full((20, 30), 40 * i + 7, np.uint8))
+    return root
+
+
+def test_too_small_a_data_folder_asks_for_images_whatever_calib_says(tmp_path):
+    model = tiny_onnx(tmp_path / "m.onnx", classes=2)
+    data = _images(tmp_path / "data", per_class=1)
+    for calib in ([], ["--calib", "8"], ["--calib", "4"], ["--calib", "1"]):
+        proc = build("--onnx", str(model), "--data", str(data), *calib, "--models-dir", str(tmp_path / "o"))
+        assert_user_error(proc, "has 2 images", "needs at least 9", "add images", out=tmp_path / "o")
+        assert "--calib" not in proc.stderr.split(":", 2)[-1]  # no hint to another --calib that is refused too
+        assert not (tmp_path / "o").exists()
+
+
+def test_calib_out_of_range_names_the_one_range_that_works(tmp_path):
+    model = tiny_onnx(tmp_path / "m.onnx", classes=2)
+    data = _images(tmp_path / "data", per_class=5)
+    for calib in ("4", "10"):
+        proc = build("--onnx", str(model), "--data", str(data), "--calib", calib, "--models-dir", str(tmp_path / "o"))
+        assert_user_error(proc, f"--calib {calib}", "pass --calib between 8 and 9", out=tmp_path / "o")
+        assert not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from quant.paths import MODELS, REPO, variant_dir, variant_file
+from quant.folder import MODELS, REPO, variant_dir, variant_file
 
 BOARD_TESTS = 5 * 3  # five checks x three variants
 

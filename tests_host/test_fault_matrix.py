@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from quant.board import virtual as vb
-from quant.paths import MODELS, REPO, VARIANTS, variant_file
+from quant.folder import MODELS, REPO, VARIANTS, variant_file
 
 VARIANT = "int8"
 MODELS_DIR = MODELS

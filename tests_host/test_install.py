@@ -6,7 +6,7 @@ import subprocess
 import sys
 import tomllib
 
-from quant.paths import REPO
+from quant.folder import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 

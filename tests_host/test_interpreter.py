@@ -14,7 +14,7 @@ from quant.board import judge as compare
 from quant.espdl import reader as espdl
 from quant.errors import UserError
 from quant.espdl.interpreter import Interpreter, quantize_input, shift_round, unpack_filter
-from quant.paths import VARIANTS, variant_file
+from quant.folder import VARIANTS, variant_file
 
 
 def test_requantization_shift_rounds_half_up_like_esp_dl():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from quant.espdl import reader
-from quant.paths import variant_file
+from quant.folder import variant_file
 from quant.variants import latency
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from quant.variants import data
 from quant.variants.model import build_model, convert_relu6_to_relu, count_params
-from quant.paths import FLOAT_META, FLOAT_ONNX
+from quant.folder import FLOAT_META, FLOAT_ONNX
 from quant.variants.train import evaluate_onnx
 
 META = json.loads(FLOAT_META.read_text())

@@ -7,9 +7,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from quant import paths
+from quant import folder
 
-NOTEBOOKS = sorted((paths.REPO / "notebooks").glob("quantize_*.ipynb"))
+NOTEBOOKS = sorted((folder.REPO / "notebooks").glob("quantize_*.ipynb"))
 
 
 def test_the_three_notebooks_are_stored_executed_with_a_plot_each():
@@ -24,12 +24,12 @@ def test_the_three_notebooks_are_stored_executed_with_a_plot_each():
         assert any("image/png" in o.get("data", {}) for o in outputs), f"{p.name}: no plot"
 
 
-@pytest.mark.skipif(not all(paths.variant_file(v, ".info").is_file() for v in paths.VARIANTS),
+@pytest.mark.skipif(not all(folder.variant_file(v, ".info").is_file() for v in folder.VARIANTS),
                     reason="variant folders not built yet (quant build)")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path: Path, monkeypatch):
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(paths.REPO)}}).execute()
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder.REPO)}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from quant.board import protocol as p
-from quant.paths import FIRMWARE
+from quant.folder import FIRMWARE
 
 GOLDEN = Path(__file__).parent / "golden"
 TRANSCRIPT = (GOLDEN / "transcript.txt").read_text()

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quant.variants import specs as variants
-from quant import paths
+from quant import folder
 from quant.errors import UserError
 from quant.variants.quantize import relu6_to_relu
 
@@ -51,10 +51,50 @@ def test_a_loosened_tolerance_needs_a_reason():
     assert ok.to_dict()["tolerance"]["reason"] == "measured drift"
 
 
-def test_spec_digest_changes_with_any_field():
-    base = variants.VARIANTS["int8"]
-    assert base.digest() == variants.VARIANTS["int8"].digest()
-    assert dataclasses.replace(base, floor_drop_points=0.9).digest() != base.digest()
+def _leaves(obj, path=()):
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            yield from _leaves(getattr(obj, f.name), (*path, f.name))
+    else:
+        yield path, obj
+
+
+def _replace(obj, path, value):
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: _replace(getattr(obj, path[0]), path[1:], value)})
+
+
+def _other(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return "to_relu" if value == "keep" else value + "x"
+    if isinstance(value, tuple):
+        return value[:-1] or ("minmax",)
+    return None
+
+
+@pytest.mark.parametrize("name", list(variants.VARIANTS))
+def test_spec_digest_changes_with_any_field(name):
+    base = variants.VARIANTS[name]
+    assert base.digest() == variants.VARIANTS[name].digest()
+    changed = 0
+    for path, value in _leaves(base):
+        new = _other(value)
+        if new is None or path[-1] == "reason":  # None fields; a reason needs a loosened tolerance
+            continue
+        if path == ("bits",):
+            new = 16
+        try:
+            other = _replace(base, path, new)
+        except ValueError:  # e.g. a loosened tolerance without a reason: not a valid spec
+            continue
+        assert other.digest() != base.digest(), path
+        changed += 1
+    assert changed >= 7  # int8: every leaf but its None tables (which mixed and balanced vary)
 
 
 def test_unknown_variant_lists_the_known_ones():
@@ -105,7 +145,7 @@ def test_mixed_takes_the_smallest_promotion_that_meets_its_target_within_the_lat
 
 
 def test_the_committed_mixed_variant_records_its_search_points():
-    meta = json.loads(paths.variant_file("mixed", ".json").read_text())
+    meta = json.loads(folder.variant_file("mixed", ".json").read_text())
     s = meta["sensitivity"]
     assert [p["int16_op_count"] for p in s["pareto"]] == sorted(p["int16_op_count"] for p in s["pareto"])
     assert s["pareto"][0]["int16_op_count"] == 0
@@ -116,7 +156,75 @@ def test_the_committed_mixed_variant_records_its_search_points():
 
 
 def test_the_committed_balanced_variant_was_distilled_and_equalized_measurably():
-    eq = json.loads(paths.variant_file("balanced", ".json").read_text())["equalization"]
+    eq = json.loads(folder.variant_file("balanced", ".json").read_text())["equalization"]
     d = eq["relu6"]["distillation"]
     assert d["float_noise_signal_after"] < d["float_noise_signal_before"]
     assert eq["noise_signal_with_equalization"] < eq["noise_signal_without_equalization"]
+
+
+def test_every_float_written_is_at_the_stable_precision():
+    # two CPUs that differ in the 7th significant digit (noise_signal 0.000668123 vs 0.000668124, seen between
+    # runs) write the same bytes: every float in a .info or .json goes through quant.folder.stable
+    from quant import folder
+
+    a, b = 0.000668123, 0.000668124
+    assert folder.stable(a) == folder.stable(b) == 0.0006681
+    assert folder.dump_json({"x": [a, {"y": 0.9791666}]}) == folder.dump_json({"x": [b, {"y": 0.9791667}]})
+    assert folder.toml_value(a) == folder.toml_value(b) == "0.0006681"
+    quality = {"heldout_images": 1200, "float_top1": 0.9791666, "top1": 0.9775, "top1_drop_points": 0.1666,
+               "floor_drop_points": 0.3, "output_noise_signal": a, "output_cosine": 0.99911901,
+               "quantization_noise_signal": a, "worst_layers": [{"op": "/c", "noise_signal": a}]}
+    model = {"espdl_bytes": 1, "parameter_bytes": 1, "macs": 1, "int16_macs": 0, "int16_ops": 0, "peak_activation_bytes": 1}
+    budgets = {k: {"value": 2, "basis": 1, "headroom": 0.5, "provenance": "estimated", "method": "m"} for k in folder.BUDGETS}
+    one = folder.render_info("v", quality, model, budgets, "s")
+    other = folder.render_info("v", {**quality, "output_noise_signal": b, "quantization_noise_signal": b,
+                                     "output_cosine": 0.99911902, "worst_layers": [{"op": "/c", "noise_signal": b}]},
+                               model, budgets, "s")
+    assert one == other and "output_noise_signal = 0.0006681" in one
+
+
+def test_the_info_digest_covers_everything_before_the_budgets_and_nothing_after():
+    from quant import folder
+
+    model = {"espdl_bytes": 1, "parameter_bytes": 1, "macs": 1, "int16_macs": 0, "int16_ops": 0, "peak_activation_bytes": 1}
+    quality = {"heldout_images": 1, "float_top1": 1.0, "top1": 1.0, "top1_drop_points": 0.0, "floor_drop_points": 1.0,
+               "output_noise_signal": 0.1, "output_cosine": 0.9, "quantization_noise_signal": 0.1, "worst_layers": []}
+    budgets = {k: {"value": 2, "basis": 1, "headroom": 0.5, "provenance": "estimated", "method": "m"} for k in folder.BUDGETS}
+    text = folder.render_info("v", quality, model, budgets, "s")
+    assert text.rstrip().splitlines()[-1].startswith("method")  # the budgets come last
+    measured = folder.rewrite_budgets(text, {"latency_us": {"value": 9, "provenance": "measured"}})
+    assert measured != text and folder.info_digest(measured) == folder.info_digest(text)
+    assert folder.info_digest(text.replace("macs = 1 ", "macs = 2 ")) != folder.info_digest(text)
+    with pytest.raises(ValueError, match="exactly the budgets"):
+        folder.render_info("v", quality, model, {"latency_us": budgets["latency_us"]}, "s")
+
+
+def test_the_variant_list_is_the_specs():
+    from quant import folder
+
+    assert folder.VARIANTS == tuple(variants.VARIANTS)
+
+
+def test_a_code_change_in_any_module_the_build_uses_changes_the_build_key(tmp_path):
+    # a copy of the package; touching the code (not a comment) of any module build imports, at any depth,
+    # changes the key, so committed variants become stale
+    import shutil
+
+    from quant.variants import build
+
+    shutil.copytree(QUANT.parent, tmp_path / "quant", ignore=shutil.ignore_patterns("__pycache__"))
+    files = [f.relative_to(QUANT.parent.parent) for f in build.source_files()]
+    names = {str(f) for f in files}
+    for needed in ("quant/espdl/reader.py", "quant/folder.py", "quant/variants/quantize.py", "quant/variants/specs.py",
+                   "quant/variants/reference.py", "quant/variants/info.py", "quant/errors.py"):
+        assert needed in names, needed
+    base = build.source_digest(tmp_path)
+    assert base == build.source_digest(QUANT.parent.parent)
+    for rel in files:
+        path = tmp_path / rel
+        original = path.read_text()
+        path.write_text(original + "\n# a comment only\n")
+        assert build.source_digest(tmp_path) == base, rel
+        path.write_text(original + "\n_touched = 1\n")
+        assert build.source_digest(tmp_path) != base, rel
+        path.write_text(original)

@@ -19,7 +19,7 @@ from quant.errors import UserError
 from quant.board.budgets import load_budgets
 from quant.espdl import reader as espdl
 from quant.espdl.interpreter import Interpreter
-from quant.paths import MODELS, REPO, VARIANTS, variant_file
+from quant.folder import MODELS, REPO, VARIANTS, variant_file
 from quant.board.protocol import parse_transcript
 from quant.variants.vectors import load_vectors
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quant.paths import REPO
+from quant.folder import REPO
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 ACTIONLINT_CONFIG = REPO / ".github" / "actionlint.yaml"

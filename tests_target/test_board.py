@@ -10,7 +10,7 @@ import hashlib
 import pytest
 
 from quant.board import budgets
-from quant.paths import VARIANTS, variant_file
+from quant.folder import VARIANTS, variant_file
 
 pytestmark = [pytest.mark.board, pytest.mark.esp32s3, pytest.mark.parametrize("config", VARIANTS, indirect=True)]
 

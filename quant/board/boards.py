@@ -25,9 +25,9 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from quant import paths
+from quant import folder
 from quant.errors import UserError
-from quant.paths import VARIANTS, variant_file
+from quant.folder import VARIANTS, variant_file
 
 TARGET = "esp32s3"
 READ_PAUSE_S = 0.005  # pexpect's pause after each read of the DUT log (its default 0.1 ms busy-polls)
@@ -214,7 +214,7 @@ class ChipBoard(Board):
         return None
 
     def build_dir(self, variant: str) -> str | None:
-        return str(paths.FIRMWARE / f"build_{self.target}_{variant}")
+        return str(folder.FIRMWARE / f"build_{self.target}_{variant}")
 
     def start(self, variant: str) -> str | None:
         return self.given_port or os.environ.get("ESPPORT")

@@ -16,63 +16,22 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import re
-import tempfile
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from quant.errors import UserError
-from quant.paths import MODELS, VARIANTS, variant_file
+from quant.folder import (  # noqa: F401  (Budget, BUDGETS, load_budgets, rewrite_budgets: the .info lives in quant.folder)
+    BUDGETS,
+    MODELS,
+    VARIANTS,
+    Budget,
+    load_budgets,
+    rewrite_budgets,
+    variant_file,
+    write_text_atomic,
+)
 
-# budget name -> (what it is, unit)
-BUDGETS = {
-    "latency_us": ("latency per inference (slowest vector's median)", "us"),
-    "internal_ram_bytes": ("internal RAM used by the model (free before load - low water)", "bytes"),
-    "psram_bytes": ("PSRAM used by the model (free before load - low water)", "bytes"),
-    "flash_bytes": ("model bytes in flash (.espdl)", "bytes"),
-}
 DEFAULT_HEADROOM = 0.15
-
-
-@dataclass(frozen=True)
-class Budget:
-    name: str
-    value: int
-    basis: float | None
-    headroom: float | None
-    provenance: str
-    method: str
-
-    def describe(self) -> str:
-        head = f"{self.provenance}" + (f", headroom {self.headroom:.0%}" if self.headroom is not None else "")
-        return f"{self.value} {BUDGETS[self.name][1]} ({head}: {self.method})" if self.method else f"{self.value} ({head})"
-
-
-def load_budgets(variant: str, models: Path = MODELS) -> dict[str, Budget]:
-    path = variant_file(variant, ".info", models)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing: run `quant build` to produce the variant folder") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path} is not valid TOML ({exc}): rebuild it with `quant build`") from None
-    out = {}
-    for name in BUDGETS:
-        table = (doc.get("budgets") or {}).get(name)
-        if not isinstance(table, dict) or "value" not in table:
-            raise UserError(f"{path} has no [budgets.{name}] value: rebuild it with `quant build`")
-        out[name] = Budget(
-            name,
-            int(table["value"]),
-            table.get("basis"),
-            table.get("headroom"),
-            str(table.get("provenance", "unknown")),
-            str(table.get("method", "")),
-        )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +102,8 @@ def add_arguments(parser) -> None:
                         help="budget = ceil(measurement * (1 + headroom)); default %(default)s")
     parser.add_argument("--variant", action="append", choices=VARIANTS,
                         help="update only this variant (repeatable; default: every variant in the report)")
-    parser.add_argument("--models", type=Path, default=MODELS, help="models folder (default: %(default)s)")
+    parser.add_argument("--models-dir", type=Path, default=MODELS, metavar="DIR",
+                        help="models folder whose .info files are rewritten (default: models/)")
     parser.add_argument("--dry-run", action="store_true", help="print the changes without writing")
 
 
@@ -169,67 +129,6 @@ def new_budget(name: str, measured: int, headroom: float, identity: Mapping[str,
     keys = ("board", "fw", "target", "idf", "espdl", "cpu_mhz", "psram_bytes", "cores")
     board = " ".join(f"{k}={identity[k]}" for k in keys if identity.get(k) not in (None, ""))
     return dict(budget(measured, headroom, f"{board} date={date} (from {source})"), provenance="measured")
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return repr(v)
-    return json.dumps(str(v))  # a TOML basic string is a JSON string for our characters
-
-
-_KEY_LINE = re.compile(r'^(\s*([A-Za-z0-9_]+)\s*=\s*)("(?:[^"\\]|\\.)*"|[^\s#]+)(.*)$', re.S)
-
-
-def rewrite_budgets(text: str, updates: Mapping[str, Mapping[str, Any]]) -> str:
-    """Rewrite the values of [budgets.<name>] keys in a .info TOML text, keeping everything else
-    (comments, spacing, order, other tables) byte for byte. Missing keys are appended to their table."""
-    lines = text.splitlines(keepends=True)
-    for name, values in updates.items():
-        header = f"[budgets.{name}]"
-        start = next((i for i, ln in enumerate(lines) if ln.split("#")[0].strip() == header), None)
-        if start is None:
-            raise UserError(f"the .info has no {header} table: rebuild it with `quant build`")
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-        pending = dict(values)
-        last_key = start
-        for i in range(start + 1, end):
-            m = _KEY_LINE.match(lines[i])
-            if not m:
-                continue
-            last_key = i
-            if m.group(2) in pending:
-                head, value, rest = m.group(1), _toml_value(pending.pop(m.group(2))), m.group(4)
-                comment = rest.lstrip(" \t")
-                if comment.startswith("#"):  # keep the comment's column when there is room
-                    column = len(head) + len(m.group(3)) + len(rest) - len(comment)
-                    rest = " " * max(1, column - len(head) - len(value)) + comment
-                lines[i] = head + value + rest
-        if pending:
-            if not lines[last_key].endswith("\n"):
-                lines[last_key] += "\n"
-            lines[last_key + 1:last_key + 1] = [f"{k} = {_toml_value(v)}\n" for k, v in pending.items()]
-    out = "".join(lines)
-    doc = tomllib.loads(out)  # never write a file we cannot read back exactly
-    for name, values in updates.items():
-        for k, v in values.items():
-            if doc["budgets"][name][k] != v:
-                raise UserError(f"could not rewrite budgets.{name}.{k} in the .info text; edit it by hand")
-    return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt_budget(b: Mapping[str, Any] | Budget) -> str:
@@ -288,11 +187,11 @@ def update_from_report(report_path: Path, *, headroom: float, variants: list[str
             out(f"  budgets.{n}: {_fmt_budget(current[n])} -> {_fmt_budget(new)}  [{change}]")
         out(f"  provenance: {updates['latency_us']['method']}")
         if not dry_run:
-            _write_atomic(info, rewrite_budgets(info.read_text(), updates))
+            write_text_atomic(info, rewrite_budgets(info.read_text(), updates))
     out("dry run: nothing written" if dry_run else f"updated {len(plans)} .info file(s)")
     return 0
 
 
 def run(args) -> int:
     return update_from_report(Path(args.results), headroom=args.headroom, variants=args.variant,
-                              models=args.models, dry_run=args.dry_run)
+                              models=args.models_dir, dry_run=args.dry_run)

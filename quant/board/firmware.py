@@ -19,8 +19,8 @@ import subprocess
 from pathlib import Path
 
 from quant.errors import UserError
-from quant import paths
-from quant.paths import VARIANTS
+from quant import folder
+from quant.folder import VARIANTS
 
 TARGET = "esp32s3"
 PROJECT = "gesture_test_app"  # project() in firmware/CMakeLists.txt: the app binary is <PROJECT>.bin
@@ -39,7 +39,7 @@ INSTALL_HINT = (
 
 def build_dir(variant: str) -> Path:
     """firmware/build_esp32s3_<variant>: idf-build-apps' build_@t_@w, what pytest-embedded flashes."""
-    return paths.FIRMWARE / f"build_{TARGET}_{variant}"
+    return folder.FIRMWARE / f"build_{TARGET}_{variant}"
 
 
 def _check_variant(variant: str) -> None:
@@ -49,13 +49,13 @@ def _check_variant(variant: str) -> None:
 
 def _rel(path: Path) -> str:
     try:
-        return str(Path(path).relative_to(paths.REPO))
+        return str(Path(path).relative_to(folder.REPO))
     except ValueError:
         return str(path)
 
 
 def _models(models: Path | None) -> Path:
-    return Path(models if models is not None else paths.MODELS).resolve()
+    return Path(models if models is not None else folder.MODELS).resolve()
 
 
 def configured_models(folder: Path) -> Path | None:
@@ -74,10 +74,10 @@ def sources(variant: str, models: Path | None = None) -> list[Path]:
     """Every file a variant's build depends on: its .espdl, the vectors and the firmware sources."""
     _check_variant(variant)
     models = _models(models)
-    files = [paths.variant_file(variant, ".espdl", models), models / paths.VECTORS_BIN.name,
-             models / paths.VECTORS_META.name]
-    files += [paths.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}")]
-    files += sorted(p for p in (paths.FIRMWARE / "main").iterdir() if p.is_file())
+    files = [folder.variant_file(variant, ".espdl", models), models / folder.VECTORS_BIN.name,
+             models / folder.VECTORS_META.name]
+    files += [folder.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}")]
+    files += sorted(p for p in (folder.FIRMWARE / "main").iterdir() if p.is_file())
     return files
 
 
@@ -132,17 +132,17 @@ def build(variant: str, models: Path | None = None) -> Path:
     for src in sources(variant, models):
         if not src.exists():
             raise UserError(f"{_rel(src)} is missing: produce the models first "
-                            f"(`quant build --variant {variant} --out {_rel(models)}`, or 'make models')")
+                            f"(`quant build --variant {variant} --models-dir {_rel(models)}`, or 'make models')")
     folder = build_dir(variant)
     folder.mkdir(parents=True, exist_ok=True)
     # defaults only fill options an existing sdkconfig lacks: start a fresh one when they changed
     sdkconfig = folder / "sdkconfig"
-    defaults = [*paths.FIRMWARE.glob("sdkconfig.defaults*"), paths.FIRMWARE / f"sdkconfig.ci.{variant}",
-                paths.FIRMWARE / "main" / "Kconfig.projbuild"]
+    defaults = [*folder.FIRMWARE.glob("sdkconfig.defaults*"), folder.FIRMWARE / f"sdkconfig.ci.{variant}",
+                folder.FIRMWARE / "main" / "Kconfig.projbuild"]
     if sdkconfig.exists() and any(d.stat().st_mtime > sdkconfig.stat().st_mtime for d in defaults):
         sdkconfig.unlink()
     command += [
-        "-C", str(paths.FIRMWARE),
+        "-C", str(folder.FIRMWARE),
         "-B", str(folder),
         f"-DIDF_TARGET={TARGET}",
         f"-DSDKCONFIG={folder / 'sdkconfig'}",
@@ -151,7 +151,7 @@ def build(variant: str, models: Path | None = None) -> Path:
         "build",
     ]
     print(f"[firmware] {variant}: {' '.join(command)}", flush=True)
-    result = subprocess.run(command, cwd=paths.FIRMWARE, check=False)
+    result = subprocess.run(command, cwd=folder.FIRMWARE, check=False)
     if result.returncode != 0:
         raise UserError(
             f"the {variant} firmware build failed (idf.py exit {result.returncode}); "
@@ -182,7 +182,7 @@ def run(args) -> int:
     variants = tuple(dict.fromkeys(args.variant or VARIANTS))
     models = _models(args.models_dir)
     if not models.is_dir():
-        raise UserError(f"--models-dir {args.models_dir} is not a folder: give the folder `quant build --out` wrote")
+        raise UserError(f"--models-dir {args.models_dir} is not a folder: give the folder `quant build --models-dir` wrote")
     if args.check:
         stale = 0
         for variant in variants:

@@ -14,7 +14,6 @@ coordinate), the LSB difference, and the first few differences.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -22,7 +21,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from quant.errors import UserError
-from quant.paths import MODELS, variant_file
+from quant.folder import MODELS, load_expectations  # noqa: F401  (the variant folder is read by quant.folder)
 
 FIRST_DIFFERENCES = 5  # differences listed per tensor in a failure message
 
@@ -74,24 +73,6 @@ def describe_tolerance(tol: Mapping[str, Any]) -> str:
     if tol.get("reason"):
         parts.append(f"loosened because: {tol['reason']}")
     return ", ".join(parts)
-
-
-def _load_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing ({what}): run `quant build` to produce the variant folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}): rebuild it with `quant build`") from None
-
-
-def load_expectations(variant: str, models: Path = MODELS) -> tuple[dict, dict]:
-    """(reference document, model config document) of a variant."""
-    ref = _load_json(variant_file(variant, ".reference.json", models), "the simulator reference")
-    cfg = _load_json(variant_file(variant, ".json", models), "the model config")
-    if not isinstance(ref.get("outputs"), list):
-        raise UserError(f"{variant_file(variant, '.reference.json', models)} has no 'outputs' list: rebuild it")
-    return ref, cfg
 
 
 def reference_tensors(reference: Mapping[str, Any]) -> dict[int, tuple[str, dict[str, Tensor], int | None]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from quant.board import budgets as _budgets
-from quant.paths import VARIANTS, variant_file
+from quant.folder import VARIANTS, variant_file
 
 FORMAT = 1
 TESTS = (

@@ -26,7 +26,7 @@ from typing import Any
 from quant.board import protocol
 from quant.board.boards import Board, BoardSessionError, Silence, log_hint
 from quant.errors import UserError
-from quant.paths import MODELS
+from quant.folder import MODELS
 
 DEFAULT_TIMEOUT_S = 25.0  # the longest silence a healthy board shows (boot, one vector's runs)
 TOTAL_FACTOR = 10  # a run may take at most TOTAL_FACTOR * timeout_s in all (dump: DUMP_FACTOR)
@@ -137,14 +137,14 @@ def localize(dut: Any, board: Board, variant: str, *, timeout_s: float, models: 
     from quant.espdl import bisect
     from quant.espdl import reader as espdl
     from quant.espdl.interpreter import Interpreter
-    from quant.variants.vectors import load_vectors
+    from quant.folder import load_vectors
 
     try:
         dump = run_board(dut, board, dump=True, timeout_s=timeout_s, again=True)
     except BoardSessionError as exc:
         return f"first diverging layer: not localized (the `run dump` session failed: {str(exc).splitlines()[0]})"
     try:
-        from quant.paths import variant_file
+        from quant.folder import variant_file
 
         model = espdl.load(variant_file(variant, ".espdl", models))
         x = load_vectors(models)[0][0][None]

@@ -37,10 +37,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quant.board.budgets import load_budgets
 from quant.board.judge import allowed_lsb, load_expectations
 from quant.errors import UserError
-from quant.paths import MODELS, REPO, VARIANTS, variant_file
+from quant.folder import MODELS, REPO, VARIANTS, load_budgets, load_vectors, variant_file
 
 FAULTS: dict[str, str] = {
     "none": "a correct board",
@@ -69,7 +68,8 @@ CPU_MHZ = 240
 PSRAM_BYTES = 8 * 1024 * 1024
 INTERNAL_FREE_BEFORE_LOAD = 381_612  # a plausible ESP32-S3 free internal heap at app_main (virtual)
 PSRAM_FREE_BEFORE_LOAD = 8_321_028  # a plausible free PSRAM at app_main (virtual)
-VECTORS_FIX = "make them for this folder with `quant vectors --models-dir {dir}` (or `quant build --out {dir}`)"
+VECTORS_FIX = ("make them with `quant vectors --data IMAGES --models-dir {dir}` (then rebuild the folder with "
+               "`quant build --models-dir {dir}`)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +221,6 @@ class Interpreted:
     @classmethod
     def open(cls, data: VariantData, espdl_path: Path, models_dir: Path, fault: str) -> Interpreted:
         """UserError when `models_dir` has no valid fixed vectors, or not the ones its reference was computed on."""
-        from quant.variants.vectors import load_vectors  # noqa: PLC0415
 
         fix = VECTORS_FIX.format(dir=models_dir)
         try:
@@ -234,7 +233,7 @@ class Interpreted:
             raise UserError(f"the fixed vectors in {models_dir} ({len(names)}: {', '.join(names[:3])}...) are not the "
                             f"ones {espdl_path.parent.name}'s reference was computed on ({len(data.vector_names)}: "
                             f"{', '.join(data.vector_names[:3])}...); rebuild the variant on these vectors with "
-                            f"`quant build --variant {data.variant} --out {models_dir}`")
+                            f"`quant build --variant {data.variant} --models-dir {models_dir}`")
         vectors = x[:, None]  # each one 1x1x96x96
         return cls(data.espdl_bytes, espdl_path, vectors, data.output_names, data.input_name, fault)
 

@@ -16,10 +16,11 @@ import shutil
 import sys
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from quant import paths
+from quant import folder as qf
 from quant.errors import UserError
 
 PACKAGES = {"esp_ppq": "esp-ppq", "torch": "torch", "onnx": "onnx", "numpy": "numpy", "onnxruntime": "onnxruntime"}
@@ -34,23 +35,22 @@ PLATFORM = {
     "graph_edits": "GlobalAveragePool -> ReduceMean over H, W (the S3 average pool approximates 1/n; the "
                    "simulator divides exactly)",
 }
-SUFFIXES = (".espdl", ".info", ".json", ".reference.json", ".graph.txt")
 INPUT_SHAPE = [1, 1, 96, 96]
 
 
 def add_arguments(p) -> None:
     p.add_argument("--variant", action="append", metavar="NAME",
-                   help="variant to build (repeatable; default: all of int8, mixed, balanced)")
-    p.add_argument("--onnx", type=Path, default=paths.FLOAT_ONNX, metavar="PATH",
+                   help=f"variant to build (repeatable; default: all of {', '.join(qf.VARIANTS)})")
+    p.add_argument("--onnx", type=Path, default=qf.FLOAT_ONNX, metavar="PATH",
                    help="float model: input 1x1x96x96 float32 in [0,1] (default: models/gesture_float.onnx)")
     p.add_argument("--data", type=Path, metavar="DIR",
                    help="your images, one sub-folder per class (default: the synthetic gesture set)")
     p.add_argument("--calib", type=int, metavar="N", help="calibration images (default 256; with --data: min(256, n/2))")
-    p.add_argument("--out", type=Path, default=paths.MODELS, metavar="DIR", help="where variant folders go (default models/)")
-    p.add_argument("--vectors", type=Path, default=paths.MODELS, metavar="DIR",
-                   help="folder with test_vectors.bin/.json (default models/)")
+    p.add_argument("--models-dir", type=Path, default=qf.MODELS, metavar="DIR",
+                   help="the models folder: variant folders and the fixed vectors test_vectors.bin/.json (default "
+                        "models/); a folder without vectors gets them made from --data (`quant vectors`)")
     p.add_argument("--check", action="store_true",
-                   help="build nothing: say which variants are stale (exit 1 if any)")
+                   help="build nothing: say which variants in the models folder are stale (exit 1 if any)")
 
 
 def _sha(data: bytes) -> str:
@@ -59,10 +59,6 @@ def _sha(data: bytes) -> str:
 
 def _sha_file(path: Path) -> str:
     return _sha(Path(path).read_bytes())
-
-
-def _dump(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
 # ----------------------------------------------------------------------------- validation
@@ -102,15 +98,18 @@ def check_onnx(path: Path) -> tuple[str, tuple[str, ...], int]:
     return inputs[0].name, tuple(o.name for o in g.output), classes
 
 
-def check_out(out: Path) -> Path:
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-", delete=True)
-        probe.close()
-    except OSError as exc:
-        raise UserError(f"output folder {out} cannot be written ({exc.strerror}); pass --out DIR to a writable folder") from None
-    return out
+def check_models_dir(models: Path) -> Path:
+    """The models folder must be a folder we can write (or create); nothing is created here."""
+    models = Path(models)
+    if models.exists() and not models.is_dir():
+        raise UserError(f"models folder {models} is a file; pass --models-dir DIR to a folder")
+    probe = models
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"models folder {models} cannot be written ({probe} is not writable); "
+                        f"pass --models-dir DIR to a writable folder")
+    return models
 
 
 def _data_key(args) -> str:
@@ -143,17 +142,16 @@ def _code_sha(path: Path) -> str:
     return _sha(ast.dump(ast.parse(Path(path).read_text())).encode())
 
 
-def source_files(module: str = __name__) -> list[Path]:
+def source_files(module: str = __name__, root: Path = qf.REPO) -> list[Path]:
     """The files of `module` and of every quant module it imports, at any depth (function-level imports
     included): the code whose change can change a variant folder."""
     import ast
 
-    root = paths.REPO
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
         name = todo.pop()
-        base = root / Path(*name.split("."))
+        base = Path(root) / Path(*name.split("."))
         path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
         if name in seen or not path.is_file():
             continue
@@ -167,52 +165,50 @@ def source_files(module: str = __name__) -> list[Path]:
     return sorted(seen.values())
 
 
-def build_key(args, spec) -> str:
+def source_digest(root: Path = qf.REPO) -> str:
+    """The code part of the build key: every module `source_files` finds under `root`."""
+    files = source_files(__name__, root)
+    return _sha(b"".join(str(f.relative_to(root)).encode() + b"\0" + _code_sha(f).encode() for f in files))
+
+
+def build_key(args, spec, vectors_sha: str) -> str:
     doc = {
         "onnx": _sha_file(args.onnx),
         "data": _data_key(args),
-        "vectors": _sha_file(Path(args.vectors) / paths.VECTORS_BIN.name),
+        "vectors": vectors_sha,
         "spec": spec.digest(),
         "versions": versions(),
-        "source": _sha(b"".join(_code_sha(f).encode() for f in source_files())),
+        "source": source_digest(),
     }
     return _sha(json.dumps(doc, sort_keys=True).encode())
 
 
-def info_digest(path: Path) -> str:
-    """sha256 of a .info up to its first [budgets.*] table: `quant update-budgets` rewrites the budgets
-    in place, which must neither look like damage nor trigger a rebuild."""
-    text = Path(path).read_text()
-    cut = text.find("\n[budgets.")
-    return _sha((text if cut < 0 else text[: cut + 1]).encode())
-
-
-def kept_budgets(target: Path, stem: str, espdl_sha: str) -> dict:
-    """Measured budgets of the current folder, if its .espdl is byte-identical to the new one."""
-    import tomllib
-
+def up_to_date(variant_dir: Path, stem: str, key: str) -> bool:
+    """True if the folder's .json records `key` and every file still has the hash the build recorded."""
     try:
-        old = json.loads((target / f"{stem}.json").read_text())
-        if old["hashes"]["espdl"] != espdl_sha:
-            return {}
-        with open(target / f"{stem}.info", "rb") as fh:
-            budgets = tomllib.load(fh)["budgets"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return {k: b for k, b in budgets.items() if isinstance(b, dict) and b.get("provenance") == "measured"}
-
-
-def up_to_date(folder: Path, stem: str, key: str) -> bool:
-    try:
-        meta = json.loads((folder / f"{stem}.json").read_text())
+        meta = json.loads((variant_dir / f"{stem}.json").read_text())
         hashes = meta["hashes"]
         if hashes.get("build") != key:
             return False
         files = {"espdl": ".espdl", "reference": ".reference.json", "graph_txt": ".graph.txt"}
-        return (all(_sha_file(folder / f"{stem}{suffix}") == hashes[k] for k, suffix in files.items())
-                and info_digest(folder / f"{stem}.info") == hashes["info"])
+        return (all(_sha_file(variant_dir / f"{stem}{suffix}") == hashes[k] for k, suffix in files.items())
+                and qf.info_digest(variant_dir / f"{stem}.info") == hashes["info"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def foreign(variant: str, models: Path, args) -> str | None:
+    """Why the existing folder of `variant` was built from another model or data (None if it was not,
+    or if there is no readable folder)."""
+    try:
+        h = qf.read_meta(variant, models)["hashes"]
+    except (UserError, KeyError, TypeError):
+        return None
+    if h.get("onnx") not in (None, _sha_file(args.onnx)):
+        return f"another model (onnx sha256 {h['onnx'][:12]}..., --onnx {args.onnx} is {_sha_file(args.onnx)[:12]}...)"
+    if h.get("data") not in (None, _data_key(args)):
+        return "other data (its data key differs from this --data/--calib)"
+    return None
 
 
 # ----------------------------------------------------------------------------- data
@@ -240,16 +236,29 @@ def check_data(args, n_outputs: int):
         raise UserError(f"the model has {n_outputs} outputs but the data has {len(classes)} classes "
                         f"({', '.join(classes)}); pass --data with one sub-folder per model class")
     calib_n = calib_count(args, user)
-    if calib_n < MIN_CALIB_STEPS:
-        where = "" if user is None else f" (the data folder has {len(user[0])} images; add images or pass --calib)"
-        raise UserError(f"{calib_n} calibration images are too few; esp-ppq needs at least {MIN_CALIB_STEPS}{where}")
+    if user is None:
+        if calib_n < MIN_CALIB_STEPS:
+            raise UserError(f"--calib {calib_n}: {calib_n} calibration images are too few; esp-ppq needs at least "
+                            f"{MIN_CALIB_STEPS}: pass --calib {MIN_CALIB_STEPS} or more")
+        return user, classes
+    n = len(user[0])
+    # one rule, one hint: MIN_CALIB_STEPS <= calib <= n - 1 (at least one held-out image)
+    if n < MIN_CALIB_STEPS + 1:
+        raise UserError(f"the data folder {args.data} has {n} images; quant needs at least {MIN_CALIB_STEPS + 1} "
+                        f"({MIN_CALIB_STEPS} to calibrate, 1 held out): add images")
+    if not MIN_CALIB_STEPS <= calib_n <= n - 1:
+        what = "too few" if calib_n < MIN_CALIB_STEPS else "too many (none left held out)"
+        raise UserError(f"--calib {calib_n}: {calib_n} calibration images are {what} for {n} images; esp-ppq needs at "
+                        f"least {MIN_CALIB_STEPS}: pass --calib between {MIN_CALIB_STEPS} and {n - 1}")
     return user, classes
 
 
 def calib_count(args, user) -> int:
+    from quant.variants.quantize import MIN_CALIB_STEPS
+
     if args.calib is not None:
         return args.calib
-    return 256 if user is None else min(256, len(user[0]) // 2)
+    return 256 if user is None else min(256, max(len(user[0]) // 2, min(MIN_CALIB_STEPS, len(user[0]) - 1)))
 
 
 def load_data(args, user, classes) -> Data:
@@ -268,13 +277,13 @@ def load_data(args, user, classes) -> Data:
 
 
 def _staging(out: Path, variant: str, tag: str) -> Path:
-    return out / f".gesture_model_{variant}.{tag}-{os.getpid()}"
+    return out / f".{qf.STEM_PREFIX}{variant}.{tag}-{os.getpid()}"
 
 
 def recover(out: Path, variant: str) -> None:
     """Undo a swap interrupted between its two renames; drop stale staging folders."""
-    target = paths.variant_dir(variant, out)
-    for p in sorted(out.glob(f".gesture_model_{variant}.*-*")):
+    target = qf.variant_dir(variant, out)
+    for p in sorted(out.glob(f".{qf.STEM_PREFIX}{variant}.*-*")):
         if p.name.split(".")[-1].startswith("old-") and not target.exists():
             os.replace(p, target)
         else:
@@ -306,58 +315,82 @@ def replace_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_variant(session, result, folder: Path, stem: str, *, args, data, key: str, vectors_sha: str,
-                  input_name: str, output_names) -> dict:
-    """All five files of one variant into `folder`; returns the quality dict (for the gate)."""
-    import tomllib
+@dataclass
+class Context:
+    """What every variant of one build shares: the inputs and their identities."""
 
-    from quant.variants import info
+    onnx: Path
+    from_user_data: bool
+    data: Data
+    vectors_x: object
+    vectors_meta: list
+    vectors_sha: str
+    input_name: str
+    output_names: tuple
+    data_key: str
 
-    from quant.variants import reference
-    from quant.variants.quantize import copy_outputs, progress
-    from quant.variants.sensitivity import ANALYSIS_IMAGES
+
+@dataclass
+class Measured:
+    """One variant's records, computed and not yet written: the .info tables, the .json document and the
+    two files copied from esp-ppq's export."""
+
+    spec: object
+    quality: dict
+    model: dict
+    budgets: dict
+    worst_source: str
+    reference_text: str
+    meta: dict  # without the hashes of the written files (`serialise` adds them)
+    espdl: bytes
+    graph_txt: bytes
+
+
+def measure(quantizer, result, ctx: Context, key: str, measured_budgets: dict) -> Measured:
+    """Everything a variant folder records, from a quantization result (nothing is written)."""
+    from quant.variants import info, reference
+    from quant.variants.quantize import progress
 
     spec, attempt = result.spec, result.attempt
     graph = attempt.graph
-    copy_outputs(result, folder, stem)
-    espdl = folder / f"{stem}.espdl"
+    espdl_bytes = attempt.espdl.read_bytes()
+    espdl_sha = _sha(espdl_bytes)
 
-    progress(f"  [{spec.name}] reference outputs on {len(session.inputs.vectors_meta)} fixed vectors")
-    entries = reference.compute(graph, session.inputs.vectors_x, session.inputs.vectors_meta, list(output_names))
-    reference.check_embedded(espdl, entries)
-    espdl_sha = _sha_file(espdl)
-    (folder / f"{stem}.reference.json").write_text(reference.document(spec.name, entries, vectors_sha, espdl_sha))
+    progress(f"  [{spec.name}] reference outputs on {len(ctx.vectors_meta)} fixed vectors")
+    entries = reference.compute(graph, ctx.vectors_x, ctx.vectors_meta, list(ctx.output_names))
+    reference.check_embedded(attempt.espdl, entries)
+    reference_text = reference.document(spec.name, entries, ctx.vectors_sha, espdl_sha)
 
-    progress(f"  [{spec.name}] accuracy on {len(data.heldout_y)} held-out images, worst layer groups")
-    m = session.heldout_metrics(spec, attempt)
-    worst = session.ranking(attempt)[:5]
+    progress(f"  [{spec.name}] accuracy on {len(ctx.data.heldout_y)} held-out images, worst layer groups")
+    m = quantizer.heldout_metrics(spec, attempt)
+    worst = quantizer.ranking(attempt, spec.analysis_images)[:5]
     int16 = set(attempt.int16_ops)
     macs = info.op_macs(attempt.onnx)
     n_nodes = sum(1 for _ in graph.operations)
-    quality = {
+    quality = qf.stable({
         **m,
-        "top1_drop_points": round((m["float_top1"] - m["top1"]) * 100, 4),
+        "top1_drop_points": (m["float_top1"] - m["top1"]) * 100,
         "floor_drop_points": spec.floor_drop_points,
-        "worst_layers": [{"op": w["group"], "noise_signal": float(f"{w['noise_signal']:.6g}")} for w in worst],
-    }
+        "worst_layers": [{"op": w["group"], "noise_signal": w["noise_signal"]} for w in worst],
+    })
     peak = info.peak_activation_bytes(attempt.onnx, int16)
-    params = info.espdl_parameter_bytes(espdl)
+    params = info.espdl_parameter_bytes(attempt.espdl)
     model = {
-        "espdl_bytes": espdl.stat().st_size,
+        "espdl_bytes": len(espdl_bytes),
         "parameter_bytes": params,
         "macs": sum(macs.values()),
         "int16_macs": sum(v for k, v in macs.items() if k in int16),
         "int16_ops": len(int16),
         "peak_activation_bytes": peak,
     }
-    budgets = info.budgets(espdl, peak, params, model["espdl_bytes"], n_nodes)
-    budgets.update(kept_budgets(paths.variant_dir(spec.name, args.out), stem, espdl_sha))
+    budgets = info.budgets(attempt.espdl, peak, params, model["espdl_bytes"], n_nodes)
+    budgets.update(measured_budgets)
     worst_source = (f"grouped sensitivity (compute op + its Clip/Relu; only that group quantized, graph output "
-                    f"noise/signal vs the dequantized graph, first {ANALYSIS_IMAGES} calibration images)")
-    (folder / f"{stem}.info").write_text(info.render(spec.name, quality, model, budgets, worst_source))
+                    f"noise/signal vs the dequantized graph, first {spec.analysis_images} calibration images)")
 
-    in_exp, in_bits = reference.tensor_exponent(graph, input_name)
-    outputs = [{"name": n, **{k: v for k, v in entries[0]["tensors"][n].items() if k != "data"}} for n in output_names]
+    in_exp, in_bits = reference.tensor_exponent(graph, ctx.input_name)
+    outputs = [{"name": n, **{k: v for k, v in entries[0]["tensors"][n].items() if k != "data"}}
+               for n in ctx.output_names]
     meta = {
         "format": 1,
         "variant": spec.name,
@@ -367,37 +400,56 @@ def write_variant(session, result, folder: Path, stem: str, *, args, data, key: 
         "int16_layers": sorted(int16),
         "sensitivity": result.sensitivity,
         "equalization": result.equalization,
-        "input": {"name": input_name, "shape_nchw": INPUT_SHAPE, "layout": "NHWC", "dtype": f"int{in_bits}",
+        "input": {"name": ctx.input_name, "shape_nchw": INPUT_SHAPE, "layout": "NHWC", "dtype": f"int{in_bits}",
                   "exponent": in_exp},
         "outputs": outputs,
-        "classes": list(data.classes),
+        "classes": list(ctx.data.classes),
         "tolerance": {"int8_lsb": spec.tolerance.int8_lsb, "int16_lsb": spec.tolerance.int16_lsb,
                       "same_exponent": spec.tolerance.same_exponent, "same_top1": spec.tolerance.same_top1,
                       "reason": spec.tolerance.reason},
-        "source": {"onnx": Path(args.onnx).name, "data": "synthetic gestures (quant.variants.data)" if args.data is None
-                   else "user image folder", "calibration_images": int(len(data.calib_x))},
+        "source": {"onnx": Path(ctx.onnx).name, "data": "user image folder" if ctx.from_user_data
+                   else "synthetic gestures (quant.variants.data)", "calibration_images": int(len(ctx.data.calib_x))},
         "hashes": {
             "build": key,
-            "onnx": _sha_file(args.onnx),
-            "calibration_data": _sha(data.calib_x.tobytes()),
-            "heldout_data": _sha(data.heldout_x.tobytes() + data.heldout_y.tobytes()),
-            "vectors": vectors_sha,
+            "onnx": _sha_file(ctx.onnx),
+            "data": ctx.data_key,
+            "calibration_data": _sha(ctx.data.calib_x.tobytes()),
+            "heldout_data": _sha(ctx.data.heldout_x.tobytes() + ctx.data.heldout_y.tobytes()),
+            "vectors": ctx.vectors_sha,
             "espdl": espdl_sha,
-            "info": info_digest(folder / f"{stem}.info"),
-            "reference": _sha_file(folder / f"{stem}.reference.json"),
-            "graph_txt": _sha_file(folder / f"{stem}.graph.txt"),
             "spec": spec.digest(),
         },
         "versions": versions(),
     }
-    (folder / f"{stem}.json").write_text(_dump(meta))
+    return Measured(spec, quality, model, budgets, worst_source, reference_text, meta, espdl_bytes,
+                    attempt.graph_dump.read_bytes())
 
-    # verify what was written before anyone may swap it in
-    with open(folder / f"{stem}.info", "rb") as fh:
-        parsed = tomllib.load(fh)
-    assert set(parsed["budgets"]) == {"latency_us", "internal_ram_bytes", "psram_bytes", "flash_bytes"}
-    assert up_to_date(folder, stem, key)
-    return quality
+
+def serialise(m: Measured) -> dict[str, bytes]:
+    """suffix -> file bytes of one variant folder (pure: the same records give the same bytes)."""
+    info_text = qf.render_info(m.spec.name, m.quality, m.model, m.budgets, m.worst_source)
+    meta = {**m.meta, "hashes": {**m.meta["hashes"], "info": qf.info_digest(info_text),
+                                 "reference": _sha(m.reference_text.encode()), "graph_txt": _sha(m.graph_txt)}}
+    return {".espdl": m.espdl, ".graph.txt": m.graph_txt, ".reference.json": m.reference_text.encode(),
+            ".info": info_text.encode(), ".json": qf.dump_json(meta).encode()}
+
+
+def write_variant(files: dict[str, bytes], variant_dir: Path, stem: str, key: str) -> None:
+    """Write the files into `variant_dir` and check them as the readers will (UserError if unreadable)."""
+    for suffix, data in files.items():
+        (variant_dir / f"{stem}{suffix}").write_bytes(data)
+    try:
+        with open(variant_dir / f"{stem}.info", "rb") as fh:
+            parsed = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"internal error: the written {stem}.info cannot be read back ({exc}); the last good "
+                        f"folder was kept; please report this") from None
+    if set(parsed.get("budgets", {})) != set(qf.BUDGETS):
+        raise UserError(f"internal error: the written {stem}.info has budgets {sorted(parsed.get('budgets', {}))}, "
+                        f"not {sorted(qf.BUDGETS)}; the last good folder was kept; please report this")
+    if not up_to_date(variant_dir, stem, key):
+        raise UserError(f"internal error: the written {stem} files do not match the hashes in its .json; the last "
+                        f"good folder was kept; please report this")
 
 
 def gate(spec, quality: dict, sensitivity: dict | None) -> str | None:
@@ -420,56 +472,116 @@ def gate(spec, quality: dict, sensitivity: dict | None) -> str | None:
 # ----------------------------------------------------------------------------- command
 
 
-def run(args) -> int:
+def fixed_vectors(args, models: Path, user, *, make: bool):
+    """(x, meta, sha, to_write) of the models folder's fixed vectors. A folder without them gets them made
+    (from the user's images with --data, else the default gesture set) but only written later, by `run`;
+    with make=False (--check) a missing pair is (None, None, None, False)."""
+    from quant.variants import vectors
+
+    bin_path, meta_path = qf.vectors_files(models)
+    if bin_path.exists() or meta_path.exists() or qf.is_default(models):
+        x, meta = qf.load_vectors(models)
+        return x, meta, _sha_file(bin_path), False
+    if not make:
+        return None, None, None, False
+    if user is None:
+        x, meta = vectors.make_vectors()
+    else:
+        x, meta = vectors.make_user_vectors(user, vectors.DEFAULT_USER_IMAGES)
+    return x, meta, _sha(x.astype("<f4").tobytes()), True
+
+
+def run(args, specs=None) -> int:
+    """`quant build`; `specs` (VariantSpecs) replaces the --variant names (tests build cheap specs)."""
     from quant.variants import specs as variants
-    from quant.variants.vectors import load_vectors
 
     started = time.perf_counter()
-    names = list(dict.fromkeys(args.variant or list(variants.VARIANTS)))
-    specs = [variants.get(n) for n in names]
+    if specs is None:
+        names = list(dict.fromkeys(args.variant or list(variants.VARIANTS)))
+        specs = [variants.get(n) for n in names]
+    names = [s.name for s in specs]
     input_name, output_names, n_outputs = check_onnx(args.onnx)
-    out = check_out(args.out)
+    models = check_models_dir(args.models_dir)
     user, classes = check_data(args, n_outputs)  # before anything is written
-    vectors_x, vectors_meta = load_vectors(args.vectors)
-    vectors_sha = _sha_file(Path(args.vectors) / paths.VECTORS_BIN.name)
+    vectors_x, vectors_meta, vectors_sha, write_vectors = fixed_vectors(args, models, user, make=not args.check)
 
-    for name in names:
-        recover(out, name)
-    keys = {s.name: build_key(args, s) for s in specs}
+    if args.check:
+        return check(args, models, specs, vectors_sha)
+    created = not models.exists()
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+        return _build(args, models, specs, names, started, user, classes, input_name, output_names,
+                      vectors_x, vectors_meta, vectors_sha, write_vectors)
+    finally:
+        if created and not any(qf.variant_dir(n, models).is_dir() for n in qf.VARIANTS + tuple(names)):
+            shutil.rmtree(models, ignore_errors=True)  # a failed build leaves no (empty) folder behind
+
+
+def check(args, models: Path, specs, vectors_sha) -> int:
+    """`quant build --check`: which variants in `models` are stale; a folder of another model is an error."""
+    print(f"checking {models.resolve()} against --onnx {args.onnx}"
+          + (f" and --data {args.data}" if args.data else " and the synthetic gesture data"))
+    for s in specs:
+        why = foreign(s.name, models, args)
+        if why:
+            raise UserError(f"{qf.variant_dir(s.name, models)} was built from {why}; --check compares it with the "
+                            f"model and data you pass: give the --onnx and --data it was built from")
     stale = []
     for s in specs:
-        folder = paths.variant_dir(s.name, out)
-        if up_to_date(folder, folder.name, keys[s.name]):
-            print(f"{s.name}: up to date ({folder})")
+        target = qf.variant_dir(s.name, models)
+        if vectors_sha is None:
+            print(f"{s.name}: stale ({models} has no fixed vectors); run `quant build --models-dir {models}` "
+                  f"with the same --onnx/--data")
+            stale.append(s)
+        elif up_to_date(target, target.name, build_key(args, s, vectors_sha)):
+            print(f"{s.name}: up to date ({target})")
         else:
             stale.append(s)
-    if args.check:
-        for s in stale:
-            print(f"{s.name}: stale (its inputs, spec, tools or code changed); run `quant build`")
-        return 1 if stale else 0
+            state = "missing" if not target.exists() else "stale (its inputs, spec, tools or code changed)"
+            print(f"{s.name}: {state} ({target}); run `quant build --models-dir {models}` with the same --onnx/--data")
+    return 1 if stale else 0
+
+
+def _build(args, models, specs, names, started, user, classes, input_name, output_names, vectors_x, vectors_meta,
+           vectors_sha, write_vectors) -> int:
+    for name in names:
+        recover(models, name)
+    if write_vectors:
+        for path in qf.write_vectors(models, vectors_x, vectors_meta):
+            print(f"wrote {path} (the fixed vectors every variant in {models} is checked on)")
+    keys = {s.name: build_key(args, s, vectors_sha) for s in specs}
+    stale = []
+    for s in specs:
+        target = qf.variant_dir(s.name, models)
+        if up_to_date(target, target.name, keys[s.name]):
+            print(f"{s.name}: up to date ({target})")
+        else:
+            stale.append(s)
 
     failures = []
     if stale:
-        from quant.variants.quantize import Inputs, Session, progress
+        from quant.variants.quantize import Inputs, Quantizer, progress
 
         progress(f"loading data and the float model ({Path(args.onnx).name})")
         data = load_data(args, user, classes)
         inputs = Inputs(Path(args.onnx), data.calib_x, data.heldout_x, data.heldout_y, data.classes, vectors_x,
                         vectors_meta, input_name, output_names)
+        ctx = Context(Path(args.onnx), args.data is not None, data, vectors_x, vectors_meta, vectors_sha, input_name,
+                      tuple(output_names), _data_key(args))
         with tempfile.TemporaryDirectory(prefix="quant-build-") as work:
-            session = Session(inputs, Path(work))
+            quantizer = Quantizer(inputs, Path(work))
             for spec in stale:
                 t0 = time.perf_counter()
                 progress(f"{spec.name}: {spec.summary}")
-                target = paths.variant_dir(spec.name, out)
-                staging = _staging(out, spec.name, "staging")
+                target = qf.variant_dir(spec.name, models)
+                staging = _staging(models, spec.name, "staging")
                 try:
                     staging.mkdir()
-                    result = session.run(spec)
-                    quality = write_variant(session, result, staging, target.name, args=args, data=data,
-                                            key=keys[spec.name], vectors_sha=vectors_sha, input_name=input_name,
-                                            output_names=output_names)
-                    failure = gate(spec, quality, result.sensitivity)
+                    result = quantizer.run(spec)
+                    measured = measure(quantizer, result, ctx, keys[spec.name],
+                                       qf.measured_budgets(spec.name, models, _sha(result.attempt.espdl.read_bytes())))
+                    write_variant(serialise(measured), staging, target.name, keys[spec.name])
+                    failure = gate(spec, measured.quality, result.sensitivity)
                     if failure:
                         failures.append(failure)
                         print(f"{spec.name}: FAILED its quality gate; {target} left as it was", file=sys.stderr)
@@ -482,7 +594,7 @@ def run(args) -> int:
     from quant.variants import report
 
     print()
-    print(report.table(out, names))
+    print(report.table(models, names))
     print(f"\ntotal {time.perf_counter() - started:.1f} s")
     if failures:
         raise UserError(" | ".join(failures))

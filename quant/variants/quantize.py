@@ -1,6 +1,6 @@
 """One quantization pipeline for every VariantSpec (esp-ppq, ESP32-S3).
 
-`Session(inputs, workdir).run(spec)`:
+`Quantizer(inputs, workdir).run(spec)`:
 1. prepare the ONNX working copy per the spec's ReLU6 policy (Clip(0,6) -> Relu on the ONNX graph);
 2. quantize once per activation-calibration candidate and keep the one with the lowest graph-output
    noise/signal against the float model on the calibration set;
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quant.variants.sensitivity import ANALYSIS_IMAGES, consumers, cosine, groups, join_inputs, noise_signal, rank, run_graph
+from quant.variants.sensitivity import consumers, cosine, groups, join_inputs, noise_signal, rank, run_graph
 from quant.variants.specs import VariantSpec
 
 TARGET = "esp32s3"
@@ -90,12 +90,12 @@ def relu6_nodes(model) -> list[str]:
             if n.op_type == "Clip" and bound(n, 1, "min") == 0.0 and bound(n, 2, "max") == 6.0]
 
 
-def relu6_to_relu(model, only: set[str] | None = None) -> int:
-    """Replace the Clip(min=0, max=6) nodes (all, or those named in `only`) by Relu, in place; returns the count."""
+def relu6_to_relu(model) -> int:
+    """Replace every Clip(min=0, max=6) node by Relu, in place; returns the count."""
     names = set(relu6_nodes(model))
     count = 0
     for node in model.graph.node:
-        if node.name in names and (only is None or node.name in only):
+        if node.name in names:
             del node.input[1:]
             del node.attribute[:]
             node.op_type = "Relu"
@@ -240,7 +240,7 @@ class Attempt:
     cosine: float
     seconds: float
     equalization_pairs: list = field(default_factory=list)
-    ranking: list | None = None  # grouped sensitivity, filled on demand by Session.ranking
+    ranking: list | None = None  # grouped sensitivity, (images, ranking), filled on demand by Quantizer.ranking
 
     @property
     def espdl(self) -> Path:
@@ -277,7 +277,7 @@ def _record_equalization_pairs(sink: list):
         LayerwiseEqualizationPass.find_equalization_pair = original
 
 
-class Session:
+class Quantizer:
     """Quantizes specs against one set of inputs; scratch files live under `workdir`."""
 
     def __init__(self, inputs: Inputs, workdir: Path):
@@ -326,7 +326,7 @@ class Session:
                  per_layer: tuple[tuple[str, str], ...] = ()) -> Attempt:
         per_layer = tuple(sorted(per_layer))
         key = (spec.relu6, spec.distillation, spec.equalization, spec.bits, spec.calibration.candidates,
-               spec.calibration.images, spec.calibration.batch, observer, tuple(sorted(int16_ops)), per_layer)
+               spec.calibration.batch, observer, tuple(sorted(int16_ops)), per_layer)
         if key in self._attempts:
             return self._attempts[key]
         import torch
@@ -416,7 +416,7 @@ class Session:
         """Greedy, bounded: for each of the most sensitive layer groups, try every other candidate observer on
         that group's ops; keep it where the graph-output error falls."""
         current, tried = base, []
-        for top in self.ranking(base)[: spec.calibration.per_layer_groups]:
+        for top in self.ranking(base, spec.analysis_images)[: spec.calibration.per_layer_groups]:
             for observer in spec.calibration.candidates:
                 if observer == base.observer:
                     continue
@@ -434,10 +434,11 @@ class Session:
                          "noise_signal_before": base.noise_signal, "noise_signal_after": current.noise_signal}
 
     # -- grouped sensitivity of an attempt (memoised: int8's ranking is mixed's starting point)
-    def ranking(self, attempt: Attempt) -> list[dict]:
-        if attempt.ranking is None:
-            attempt.ranking = rank(attempt.graph, self.inputs.calib_x[:ANALYSIS_IMAGES])
-        return attempt.ranking
+    def ranking(self, attempt: Attempt, images: int) -> list[dict]:
+        """Grouped ranking on the first `images` calibration images (the spec's `analysis_images`)."""
+        if attempt.ranking is None or attempt.ranking[0] != images:
+            attempt.ranking = (images, rank(attempt.graph, self.inputs.calib_x[:images]))
+        return attempt.ranking[1]
 
     # -- stage 3: greedy grouped 16-bit promotion, then the smallest promotion that meets the target
     def search_int16(self, spec: VariantSpec, base: Attempt) -> tuple[Attempt, dict]:
@@ -449,7 +450,7 @@ class Session:
         (smallest) one that meets the error target within the latency cap, or, when none does, the one with the
         lowest error within the cap (the record says which)."""
         s = spec.sensitivity
-        ranking = self.ranking(base)
+        ranking = self.ranking(base, spec.analysis_images)
         all_groups = groups(base.graph)
         by_name = {g.name: g for g in all_groups}
         cap_us = None if s.max_latency_factor is None else s.max_latency_factor * estimated_latency_us(base)
@@ -496,7 +497,7 @@ class Session:
         current = (self.quantize(spec, base.observer, tuple(chosen["int16_ops"]), base.per_layer)
                    if chosen["int16_ops"] else base)
         costs = group_costs(points)
-        x = self.inputs.calib_x[:ANALYSIS_IMAGES]
+        x = self.inputs.calib_x[:spec.analysis_images]
         initial_ranking = ranking
         record = {
             "method": s.method,

@@ -5,35 +5,26 @@ Prints a table and writes a PNG chart (accuracy, output error, size, per-layer e
 
 from __future__ import annotations
 
-import json
-import tomllib
 from pathlib import Path
 
-from quant import paths
+from quant import folder
 from quant.errors import UserError
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--models", type=Path, default=paths.MODELS, metavar="DIR",
+    p.add_argument("--models-dir", type=Path, default=folder.MODELS, metavar="DIR",
                    help="folder with gesture_model_<variant>/ (default models/)")
     p.add_argument("--png", type=Path, metavar="PATH", help="chart to write (default DIR/variants.png)")
 
 
-def load(models: Path, names=paths.VARIANTS) -> list[dict]:
-    """[{variant, info, json}] for each variant folder present under `models`."""
+def load(models: Path, names=folder.VARIANTS) -> list[dict]:
+    """[{variant, info, json}] for each variant folder present under `models` (read through quant.folder)."""
     rows = []
-    for name in names:
-        info_path = paths.variant_file(name, ".info", models)
-        json_path = paths.variant_file(name, ".json", models)
-        if not info_path.is_file() or not json_path.is_file():
-            continue
-        try:
-            with open(info_path, "rb") as fh:
-                info = tomllib.load(fh)
-            meta = json.loads(json_path.read_text())
-        except (ValueError, tomllib.TOMLDecodeError) as exc:
-            raise UserError(f"{info_path.parent} has an unreadable .info/.json ({exc}); rebuild it with `quant build`") from None
-        rows.append({"variant": name, "info": info, "json": meta})
+    for name in folder.present(models, names):
+        info = folder.read_info(name, models)
+        rows.append({"variant": name, "info": {"quality": info.quality, "model": info.model,
+                                               "budgets": {k: b.as_table() for k, b in info.budgets.items()}},
+                     "json": folder.read_meta(name, models)})
     return rows
 
 
@@ -66,7 +57,7 @@ def advice(rows: list[dict]) -> list[str]:
     return out
 
 
-def table(models: Path, names=paths.VARIANTS) -> str:
+def table(models: Path, names=folder.VARIANTS) -> str:
     rows = load(models, names)
     if not rows:
         return f"no variant folders in {models}"
@@ -95,7 +86,7 @@ def table(models: Path, names=paths.VARIANTS) -> str:
     return "\n".join(out)
 
 
-def chart(models: Path, png: Path, names=paths.VARIANTS) -> Path:
+def chart(models: Path, png: Path, names=folder.VARIANTS) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +145,7 @@ def chart(models: Path, png: Path, names=paths.VARIANTS) -> Path:
 
 
 def run(args) -> int:
-    models = Path(args.models)
+    models = Path(args.models_dir)
     if not load(models):
         raise UserError(f"no variant folders in {models}; run `quant build` first")
     print(table(models))

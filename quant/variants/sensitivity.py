@@ -2,7 +2,8 @@
 
 esp-ppq's `layerwise_error_analyse` quantizes one *computing* op at a time. A Conv's output config
 is OVERLAPPED by the ReLU6 `Clip` that follows it, so that analysis never sees where clipping
-happens (notes/esp-ppq.md section 5). Here a group is a computing op together with its single
+happens (measured: on a KL-calibrated int8 model it ranked the stem first at 0.015 % while the
+output error was 92 %, all of it from one clipped ReLU6). Here a group is a computing op together with its single
 Clip/Relu successor; every other quantized op is its own group. For each group: dequantize the whole
 graph, restore only that group, run the simulator, and measure the graph-output noise/signal power
 ratio against the fully dequantized graph.
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 ACTIVATIONS = ("Clip", "Relu")
-ANALYSIS_IMAGES = 32  # calibration images used for every ranking (first N of the calibration set)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ class Calibration:
     noise/signal (vs the float model, on the calibration set) is kept."""
 
     candidates: tuple[str, ...] = ("percentile", "minmax", "mse")
-    images: int = 256  # calibration images (the CLI's --calib overrides)
     batch: int = 32
     # then try the other candidates per layer group on this many most sensitive groups (greedy, kept where the
     # output error falls). Off by default: on the default model's int8 (4 groups x 2 observers) it never lowered
@@ -55,7 +54,7 @@ class SensitivitySearch:
     max_rejected_steps: int = 3  # stop after this many steps in a row that did not lower the output error
     min_improvement: float = 0.10  # the result must cut int8's output error by at least this fraction
     max_latency_factor: float | None = None  # cap: estimated latency <= this x the all-8-bit graph's (quant.variants.latency)
-    analysis_images: int = 64  # calibration images used to rank the groups
+    analysis_images: int = 32  # calibration images used to rank the groups (first N of the calibration set)
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,12 @@ class VariantSpec:
         t = self.tolerance
         if (t.int8_lsb, t.int16_lsb, t.same_exponent, t.same_top1) != (0, 1, True, True) and not t.reason:
             raise ValueError("a loosened tolerance must carry a reason")
+
+    @property
+    def analysis_images(self) -> int:
+        """Calibration images the grouped ranking runs on: the search's field (its default without a search,
+        where the ranking only reports the worst layer groups)."""
+        return (self.sensitivity or SensitivitySearch()).analysis_images
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -8,9 +8,10 @@ Never downloads anything.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from quant.paths import FLOAT_ONNX
+from quant.folder import FLOAT_ONNX
 
 DEFAULT_EPOCHS = 6
 DEFAULT_IMAGES = 20000
@@ -45,24 +46,22 @@ def evaluate_onnx(onnx_path, x, y) -> float:
     return float(np.mean(pred == y))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """One training run of the default float model (everything that decides its bytes)."""
+
+    epochs: int
+    images: int
+    seed: int
+    out: Path
+
+
 def run(args) -> int:
-    import hashlib
-    import json
+    """`quant train`: check the options, then `train(Recipe(...))`."""
     import os
-    import sys
-    import time
 
-    import cv2
-    import numpy as np
-    import onnx
-    import onnxruntime
-    import torch
-    from torch import nn
-
-    from quant.variants import data
     from quant.errors import UserError
-    from quant.variants.info import op_macs
-    from quant.variants.model import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, build_model, count_params, export_onnx
+    from quant.variants import data
 
     if args.epochs < 1 or args.images < len(data.CLASSES):
         raise UserError(f"--epochs must be >= 1 and --images >= {len(data.CLASSES)}; got {args.epochs} and {args.images}")
@@ -75,14 +74,36 @@ def run(args) -> int:
         raise UserError(f"cannot create {out.parent} ({exc.strerror}); pass a writable --out") from None
     if not os.access(out.parent, os.W_OK):
         raise UserError(f"folder {out.parent} is not writable; pass a writable --out")
+    train(Recipe(args.epochs, args.images, args.seed, out))
+    return 0
 
+
+def train(recipe: Recipe) -> dict:
+    """Train, export `recipe.out` (+ its .json) and return the .json document."""
+    import hashlib
+    import json
+    import sys
+    import time
+
+    import cv2
+    import numpy as np
+    import onnx
+    import onnxruntime
+    import torch
+    from torch import nn
+
+    from quant.variants import data
+    from quant.variants.info import op_macs
+    from quant.variants.model import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, build_model, count_params, export_onnx
+
+    out = Path(recipe.out)
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(recipe.seed)
     t0 = time.time()
 
-    print(f"generating {args.images} training images (seed {data.TRAIN_SEED}) ...", flush=True)
-    x_np, y_np = data.synthetic(args.images, data.TRAIN_SEED)
+    print(f"generating {recipe.images} training images (seed {data.TRAIN_SEED}) ...", flush=True)
+    x_np, y_np = data.synthetic(recipe.images, data.TRAIN_SEED)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     hx, hy = data.heldout(HELDOUT_IMAGES)
 
@@ -91,9 +112,9 @@ def run(args) -> int:
     model = build_model(len(data.CLASSES)).to(memory_format=cl)
     steps_per_epoch = (len(x) + BATCH - 1) // BATCH
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=args.epochs * steps_per_epoch, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
 
     def heldout_top1() -> float:
         model.eval()
@@ -102,7 +123,7 @@ def run(args) -> int:
         model.train()
         return float((pred.numpy() == hy).mean())
 
-    for epoch in range(args.epochs):
+    for epoch in range(recipe.epochs):
         order = torch.randperm(len(x), generator=gen)
         total, correct, loss_sum = 0, 0, 0.0
         for step in range(steps_per_epoch):
@@ -118,11 +139,11 @@ def run(args) -> int:
             correct += int((logits.argmax(1) == yb).sum())
             loss_sum += float(loss.detach()) * len(idx)
             if sys.stdout.isatty():
-                print(f"\repoch {epoch + 1}/{args.epochs} step {step + 1}/{steps_per_epoch}", end="", flush=True)
+                print(f"\repoch {epoch + 1}/{recipe.epochs} step {step + 1}/{steps_per_epoch}", end="", flush=True)
         if sys.stdout.isatty():
             print("\r", end="")
         print(
-            f"epoch {epoch + 1}/{args.epochs}: loss {loss_sum / total:.4f} train top-1 {correct / total:.4f} "
+            f"epoch {epoch + 1}/{recipe.epochs}: loss {loss_sum / total:.4f} train top-1 {correct / total:.4f} "
             f"held-out top-1 {heldout_top1():.4f} ({time.time() - t0:.0f} s)",
             flush=True,
         )
@@ -140,10 +161,10 @@ def run(args) -> int:
         "output": {"name": OUTPUT_NAME, "shape": [1, len(data.CLASSES)]},
         "heldout": {"seed": data.HELDOUT_SEED, "images": len(hy), "top1": round(ort_top1, 6), "top1_torch": round(top1, 6)},
         "training": {
-            "seed": args.seed,
+            "seed": recipe.seed,
             "data_seed": data.TRAIN_SEED,
-            "epochs": args.epochs,
-            "images": args.images,
+            "epochs": recipe.epochs,
+            "images": recipe.images,
             "batch": BATCH,
             "optimizer": f"AdamW lr {LR} wd {WEIGHT_DECAY}, one-cycle, label smoothing {LABEL_SMOOTHING}",
             "threads": THREADS,
@@ -165,4 +186,4 @@ def run(args) -> int:
         f"{meta['model']['parameters']} parameters, {meta['model']['macs']} MACs; trained in {seconds:.0f} s"
     )
     print(f"wrote {out} and {out.with_suffix('.json')}")
-    return 0
+    return meta

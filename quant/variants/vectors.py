@@ -1,29 +1,33 @@
-"""The fixed test vectors shared by every variant: models/test_vectors.bin + models/test_vectors.json.
+"""The fixed test vectors of a models folder: <models>/test_vectors.bin + test_vectors.json (read and
+written by `quant.folder`), and `quant vectors`, which makes them from your own images.
 
-Each vector is 1x1x96x96 float32 in [0, 1]. Vector 0 is a real gesture image: it is the one esp-ppq
-embeds in the .espdl as ESP-DL's `model->test()` value. The .bin is raw little-endian float32,
-vector after vector, no header (the firmware embeds it as is). Regenerate with
-`python -m quant.variants.vectors` (deterministic: the committed files must not change).
+Each vector is 1x1x96x96 float32 in [0, 1]: first real images of the model's classes, then the plain
+patterns (zeros, ones, gradient, checkerboard, noise). Vector 0 is a real image: it is the one esp-ppq
+embeds in the .espdl as ESP-DL's `model->test()` value. The default models/ folder holds held-out
+synthetic gestures (`make_vectors`; rewrite them with `python -m quant.variants.vectors --write-default`,
+deterministic: the committed files must not change); `quant vectors --data DIR --models-dir DIR` picks
+one image per class in turn from your image folder instead.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
+from quant import folder
 from quant.errors import UserError
-from quant.paths import MODELS
+from quant.folder import MODELS, load_vectors  # noqa: F401  (load_vectors: the reader lives in quant.folder)
 
 SHAPE = (1, 1, 96, 96)
 NOISE_SEED = 7
 CHECKER = 8  # checkerboard square size in pixels
 # held-out images (index in the HELDOUT_SEED stream; its class is index % len(CLASSES))
 GESTURE_INDICES = (5, 2, 6, 7)
-BIN_NAME = "test_vectors.bin"
-META_NAME = "test_vectors.json"
+BIN_NAME, META_NAME = folder.VECTORS_BIN_NAME, folder.VECTORS_META_NAME
+DEFAULT_USER_IMAGES = 4  # user images in the vectors (`quant vectors --count`)
+MAX_USER_IMAGES = 16
 
 
 def _patterns() -> list[tuple[str, np.ndarray]]:
@@ -56,54 +60,84 @@ def make_vectors() -> tuple[np.ndarray, list[dict]]:
     return x, meta
 
 
-def _meta_doc(x: np.ndarray, meta: list[dict]) -> dict:
-    return {
-        "format": 1,
-        "shape": list(SHAPE),
-        "dtype": "float32",
-        "count": len(meta),
-        "vectors": meta,
-        "sha256": hashlib.sha256(x.astype("<f4").tobytes()).hexdigest(),
-    }
+def make_user_vectors(user, count: int = DEFAULT_USER_IMAGES) -> tuple[np.ndarray, list[dict]]:
+    """Vectors from a user's image folder (`quant.variants.data.load_image_folder`'s (x, y, classes)): `count`
+    images, one class after the other (the first image of each class in file order, then the second, ...),
+    then the plain patterns. Vector 0, the embedded self-test input, is the first image of the first class."""
+    x, y, classes = user
+    if not 1 <= count <= MAX_USER_IMAGES:
+        raise UserError(f"--count {count} is out of range; pass --count between 1 and {MAX_USER_IMAGES}")
+    if count > len(x):
+        raise UserError(f"--count {count}: the data folder has only {len(x)} images; pass --count {len(x)} or fewer")
+    per_class = [list(np.flatnonzero(np.asarray(y) == c)) for c in range(len(classes))]
+    order, rank = [], 0
+    while len(order) < count:
+        order += [idx[rank] for idx in per_class if rank < len(idx)][: count - len(order)]
+        rank += 1
+    images, meta = [], []
+    for i in order:
+        label = int(y[i])
+        images.append(np.asarray(x[i, 0], np.float32))
+        meta.append({"name": f"image_{i}_{classes[label]}", "kind": "image", "label": label})
+    for name, img in _patterns():
+        images.append(img)
+        meta.append({"name": name, "kind": "pattern", "label": None})
+    return np.stack(images)[:, None].astype("<f4"), meta
 
 
 def write_vectors(directory=MODELS) -> tuple[Path, Path]:
-    """Write test_vectors.bin and test_vectors.json into `directory`; returns their paths."""
+    """Write the default (gesture) test_vectors.bin and .json into `directory`; returns their paths."""
     x, meta = make_vectors()
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    bin_path, meta_path = directory / BIN_NAME, directory / META_NAME
-    bin_path.write_bytes(x.astype("<f4").tobytes())
-    meta_path.write_text(json.dumps(_meta_doc(x, meta), indent=2) + "\n")
-    return bin_path, meta_path
+    return folder.write_vectors(Path(directory), x, meta)
 
 
-def load_vectors(models_dir=MODELS) -> tuple[np.ndarray, list[dict]]:
-    """Read and check the committed vectors -> (x [N,1,96,96] float32, meta)."""
-    models_dir = Path(models_dir)
-    bin_path, meta_path = models_dir / BIN_NAME, models_dir / META_NAME
-    fix = "restore it from git or regenerate with `python -m quant.variants.vectors`"
-    for p in (bin_path, meta_path):
-        if not p.is_file():
-            raise UserError(f"test vectors file {p} is missing; {fix}")
-    try:
-        doc = json.loads(meta_path.read_text())
-        vectors, expected_sha = doc["vectors"], doc["sha256"]
-        shape = tuple(doc["shape"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{meta_path} is not a valid test-vector description ({exc}); {fix}") from None
-    if shape != SHAPE or doc.get("dtype") != "float32":
-        raise UserError(f"{meta_path} describes {shape} {doc.get('dtype')}, expected {SHAPE} float32; {fix}")
-    raw = bin_path.read_bytes()
-    per = int(np.prod(SHAPE)) * 4
-    if len(raw) != per * len(vectors):
-        raise UserError(f"{bin_path} has {len(raw)} bytes, expected {per * len(vectors)} for {len(vectors)} vectors; {fix}")
-    if hashlib.sha256(raw).hexdigest() != expected_sha:
-        raise UserError(f"{bin_path} does not match the sha256 in {meta_path}; {fix}")
-    x = np.frombuffer(raw, "<f4").reshape(len(vectors), *SHAPE[1:]).astype(np.float32)
-    return x, vectors
+# ----------------------------------------------------------------------------- `quant vectors`
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--data", type=Path, required=True, metavar="DIR",
+                   help="your images, one sub-folder per class (the classes of your model, in its output order)")
+    p.add_argument("--count", type=int, default=DEFAULT_USER_IMAGES, metavar="N",
+                   help=f"images to take (one class after the other; default {DEFAULT_USER_IMAGES}, at most "
+                        f"{MAX_USER_IMAGES}); the plain patterns are added after them")
+    p.add_argument("--models-dir", type=Path, required=True, metavar="DIR",
+                   help="models folder to write test_vectors.bin/.json into (variants in it become stale)")
+
+
+def run(args) -> int:
+    from quant.variants import data
+
+    models = Path(args.models_dir)
+    if folder.is_default(models):
+        raise UserError(f"{models} is the default model's folder, whose vectors are committed; pass --models-dir DIR "
+                        f"to your own models folder")
+    if models.exists() and not models.is_dir():
+        raise UserError(f"models folder {models} is a file; pass --models-dir DIR to a folder")
+    x, meta = make_user_vectors(data.load_image_folder(args.data), args.count)  # validates before writing
+    for path in folder.write_vectors(models, x, meta):
+        print(f"wrote {path}")
+    print(f"{len(meta)} vectors ({args.count} images from {args.data}, {len(meta) - args.count} patterns); vector 0 "
+          f"({meta[0]['name']}) is the .espdl's embedded self-test input; rebuild with `quant build --models-dir {models}`")
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m quant.variants.vectors",
+                                description="rewrite the default models/test_vectors.bin/.json (deterministic); "
+                                            "for your own images use `quant vectors`")
+    p.add_argument("--write-default", action="store_true", help="write models/test_vectors.* (default: print only)")
+    args = p.parse_args(argv)
+    if not args.write_default:
+        x, meta = make_vectors()
+        print(f"{len(meta)} default vectors, sha256 {hashlib.sha256(x.tobytes()).hexdigest()}; pass --write-default to "
+              f"write them into {MODELS}")
+        return 0
+    for path in write_vectors():
+        print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    for path in write_vectors():
-        print(f"wrote {path}")
+    raise SystemExit(main())

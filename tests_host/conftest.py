@@ -1,0 +1,75 @@
+"""Shared helpers of the host tests: one fake variant-folder builder and one runner for `python -m quant`.
+
+The fake folder is written through `quant.folder` (the real .info/.json writers), so a format change
+reaches every test that uses it. Fixture modules that still have their own builders (target_fixtures.py,
+vboard_fixtures.py) are to move here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quant import folder
+
+CLASSES = 7
+VECTORS = 4
+# budget -> (value, basis): what the fake .info promises
+FAKE_BUDGETS = {"latency_us": (14000, 12174), "internal_ram_bytes": (60000, 52000),
+                "psram_bytes": (300000, 260000), "flash_bytes": (80000, 1028)}
+
+
+def _logits(vec: int) -> list[int]:
+    return [(37 * vec + 11 * j) % 255 - 127 for j in range(CLASSES)]
+
+
+def make_fake_models(root: Path, variants=folder.VARIANTS) -> Path:
+    """A models folder with a small fake folder per variant: an EDL2-headed .espdl, a .info written by
+    quant.folder.render_info (estimated budgets, headroom 0.15, method "a guess"), a .json with the default
+    tolerance and a .reference.json of VECTORS vectors of CLASSES int8 logits."""
+    for v in variants:
+        d = folder.variant_dir(v, root)
+        d.mkdir(parents=True, exist_ok=True)
+        espdl = b"EDL2" + bytes(range(256)) * 4
+        folder.variant_file(v, ".espdl", root).write_bytes(espdl)
+        quality = {"heldout_images": 10, "float_top1": 1.0, "top1": 1.0, "top1_drop_points": 0.0,
+                   "floor_drop_points": 1.0, "output_noise_signal": 0.001, "output_cosine": 0.999,
+                   "quantization_noise_signal": 0.001, "worst_layers": [{"op": "/conv", "noise_signal": 0.001}]}
+        model = {"espdl_bytes": len(espdl), "parameter_bytes": 100, "macs": 1000, "int16_macs": 0, "int16_ops": 0,
+                 "peak_activation_bytes": 1000}
+        budgets = {k: {"value": value, "basis": basis, "headroom": 0.15, "provenance": "estimated", "method": "a guess"}
+                   for k, (value, basis) in FAKE_BUDGETS.items()}
+        folder.variant_file(v, ".info", root).write_text(folder.render_info(v, quality, model, budgets, "a fixture"))
+        config = {"input": {"name": "image", "dtype": "int8", "exponent": -7}, "outputs": [{"name": "logits"}],
+                  "tolerance": {"int8_lsb": 0, "int16_lsb": 1, "same_exponent": True, "same_top1": True, "reason": None},
+                  "hashes": {"espdl": hashlib.sha256(espdl).hexdigest()}}
+        folder.variant_file(v, ".json", root).write_text(folder.dump_json(config))
+        outputs = [{"vector": i, "name": f"pattern{i}", "top1": max(range(CLASSES), key=_logits(i).__getitem__),
+                    "tensors": {"logits": {"dtype": "int8", "shape": [1, CLASSES], "exponent": -4, "data": _logits(i)}}}
+                   for i in range(VECTORS)]
+        folder.variant_file(v, ".reference.json", root).write_text(json.dumps({"format": 1, "variant": v, "outputs": outputs}))
+    return root
+
+
+@pytest.fixture
+def fake_models(tmp_path):
+    return make_fake_models(tmp_path / "models")
+
+
+def run_quant(*args: str, timeout: float = 120, env: dict | None = None, cwd: Path = folder.REPO):
+    """`python -m quant ARGS` in a fresh interpreter: PYTHONHASHSEED=0 and this tree's quant first on the path."""
+    full_env = dict(os.environ, PYTHONHASHSEED="0", **(env or {}))
+    full_env["PYTHONPATH"] = os.pathsep.join([str(folder.REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return subprocess.run([sys.executable, "-m", "quant", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def quant_cli():
+    return run_quant
