@@ -17,16 +17,16 @@ import cv2
 import numpy as np
 import pytest
 
-from quant import folder
+from quant import folder as qf
 from quant.variants import build as qbuild
 from quant.variants import data
 from quant.errors import UserError
 from quant.variants.specs import get
 
-ONNX, VECTORS = folder.FLOAT_ONNX, folder.MODELS
+ONNX, VECTORS = qf.FLOAT_ONNX, qf.MODELS
 STEM = "gesture_model_int8"
-SUFFIXES = folder.SUFFIXES
-needs_float_model = pytest.mark.skipif(not ONNX.is_file() or not folder.VECTORS_BIN.is_file(),
+SUFFIXES = qf.SUFFIXES
+needs_float_model = pytest.mark.skipif(not ONNX.is_file() or not qf.VECTORS_BIN.is_file(),
                                        reason="models/gesture_float.onnx and models/test_vectors.bin not built yet")
 
 
@@ -61,7 +61,7 @@ def seed_vectors(models: Path) -> Path:
     import shutil
 
     models.mkdir(parents=True, exist_ok=True)
-    for p in (folder.VECTORS_BIN, folder.VECTORS_META):
+    for p in (qf.VECTORS_BIN, qf.VECTORS_META):
         shutil.copyfile(p, models / p.name)
     return models
 
@@ -69,7 +69,7 @@ def seed_vectors(models: Path) -> Path:
 def quant_build(*args):
     """`quant build ARGS` with the cheap int8 spec, in a fresh interpreter with PYTHONHASHSEED=0."""
     args = (*args, "--onnx", str(ONNX))
-    return subprocess.run([sys.executable, "-c", CHEAP_INT8, *args], cwd=folder.REPO,
+    return subprocess.run([sys.executable, "-c", CHEAP_INT8, *args], cwd=qf.REPO,
                           env=dict(os.environ, PYTHONHASHSEED="0"), capture_output=True, text=True, timeout=600)
 
 
@@ -121,11 +121,11 @@ def test_a_new_folder_gets_vectors_from_the_users_images(images, tmp_path):
     out = tmp_path / "mine"
     proc = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--models-dir", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    x, meta = folder.load_vectors(out)
+    x, meta = qf.load_vectors(out)
     expected_x, expected_meta = vectors.make_user_vectors(data.load_image_folder(images))
     assert meta == expected_meta and meta[0]["kind"] == "image" and (x == expected_x).all()
     ref = __import__("json").loads((out / STEM / f"{STEM}.reference.json").read_text())
-    assert ref["vectors_sha256"] == folder.sha256_file(out / "test_vectors.bin")
+    assert ref["vectors_sha256"] == qf.sha256_file(out / "test_vectors.bin")
     check = quant_build("--variant", "int8", "--data", str(images), "--calib", "8", "--models-dir", str(out), "--check")
     assert check.returncode == 0 and f"checking {out.resolve()}" in check.stdout, check.stdout + check.stderr
     other = quant_build("--variant", "int8", "--models-dir", str(out), "--check")  # the default data: not this folder's
@@ -148,7 +148,7 @@ def test_a_changed_input_is_rebuilt(first_build, images, tmp_path):
 
     shutil.copytree(first_build[0] / STEM, tmp_path / STEM)
     spec = get("int8")
-    v = folder.sha256_file(first_build[0] / "test_vectors.bin")
+    v = qf.sha256_file(first_build[0] / "test_vectors.bin")
     key = qbuild.build_key(_args(images, tmp_path, calib=8), cheap(spec), v)
     assert qbuild.up_to_date(tmp_path / STEM, STEM, key)
     assert not qbuild.up_to_date(tmp_path / STEM, STEM, qbuild.build_key(_args(images, tmp_path, calib=9), cheap(spec), v))

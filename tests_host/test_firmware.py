@@ -20,17 +20,17 @@ from pathlib import Path
 import pytest
 
 import quant
-from quant import folder
+from quant import folder as qf
 from quant.board import firmware
 
-FW = folder.FIRMWARE
+FW = qf.FIRMWARE
 MAIN = FW / "main"
 APP = MAIN / "app_main.cpp"
 KCONFIG = MAIN / "Kconfig.projbuild"
 IDF_TREE = Path(os.environ.get("FWCHECK_IDF", "/work/scratch/esp-idf"))
 ESPDL_TREE = Path(os.environ.get("FWCHECK_ESPDL", "/work/scratch/esp-dl"))
 SYNTAX_SCRIPT = Path(os.environ.get("FWCHECK_SCRIPT") or next(
-    (p for p in (folder.REPO.parent / "shared" / "tools" / "firmware_syntax.sh",
+    (p for p in (qf.REPO.parent / "shared" / "tools" / "firmware_syntax.sh",
                  Path("/work/shared/tools/firmware_syntax.sh")) if p.is_file()),
     Path("firmware_syntax.sh (not found)")))
 TREES_HOWTO = (
@@ -90,7 +90,7 @@ def _kconfig_defines() -> list[str]:
 
 
 def _need_models(*files: Path) -> None:
-    missing = [str(f.relative_to(folder.REPO)) for f in files if not f.exists()]
+    missing = [str(f.relative_to(qf.REPO)) for f in files if not f.exists()]
     if missing:
         pytest.skip(f"models not produced yet ({', '.join(missing)}): run 'make models'")
 
@@ -100,7 +100,7 @@ def _need_models(*files: Path) -> None:
 
 def test_one_ci_config_per_variant_naming_that_variant():
     configs = {p.name.removeprefix("sdkconfig.ci."): p for p in FW.glob("sdkconfig.ci.*")}
-    assert sorted(configs) == sorted(folder.VARIANTS)
+    assert sorted(configs) == sorted(qf.VARIANTS)
     for variant, path in configs.items():
         assert _sdkconfig(path)["CONFIG_GM_VARIANT"] == variant, f"{path.name} builds another variant"
 
@@ -119,12 +119,12 @@ def test_cmake_embeds_the_files_quant_folder_names():
     sets = dict(re.findall(r'^set\((gm_model|gm_vectors_bin|gm_vectors_json) "([^"]+)"\)', text, re.M))
     default = re.search(r'^set\(GM_MODELS_DIR "\$\{CMAKE_CURRENT_LIST_DIR\}/([^"]+)" CACHE PATH', text, re.M)
     assert default, "GM_MODELS_DIR must be a CMake cache variable defaulting to the repository's models/"
-    assert (MAIN / default.group(1)).resolve() == folder.MODELS
-    for variant in folder.VARIANTS:
-        model = sets["gm_model"].replace("${gm_models}", str(folder.MODELS)).replace("${gm_variant}", variant)
-        assert Path(model) == folder.variant_file(variant, ".espdl")
-    assert Path(sets["gm_vectors_bin"].replace("${gm_models}", str(folder.MODELS))) == folder.VECTORS_BIN
-    assert Path(sets["gm_vectors_json"].replace("${gm_models}", str(folder.MODELS))) == folder.VECTORS_META
+    assert (MAIN / default.group(1)).resolve() == qf.MODELS
+    for variant in qf.VARIANTS:
+        model = sets["gm_model"].replace("${gm_models}", str(qf.MODELS)).replace("${gm_variant}", variant)
+        assert Path(model) == qf.variant_file(variant, ".espdl")
+    assert Path(sets["gm_vectors_bin"].replace("${gm_models}", str(qf.MODELS))) == qf.VECTORS_BIN
+    assert Path(sets["gm_vectors_json"].replace("${gm_models}", str(qf.MODELS))) == qf.VECTORS_META
     # the embedded symbols the app declares are the ones CMake creates
     for name in re.findall(r"RENAME_TO (\w+)\)", text):
         assert f'asm("_binary_{name}_start")' in APP.read_text()
@@ -152,7 +152,7 @@ def test_every_kconfig_option_the_sources_use_is_declared_and_every_declared_one
 
 
 def test_app_prints_the_tags_and_fields_of_docs_protocol():
-    doc = (folder.REPO / "docs" / "protocol.md").read_text()
+    doc = (qf.REPO / "docs" / "protocol.md").read_text()
     table = {}
     for tag, fields in re.findall(r"^\| `([A-Z]+)` \| ([^|]*)\|", doc, re.M):
         fields = re.sub(r"\([^)]*\)", "", fields)  # "(`pass`/`fail`)" lists values, not fields
@@ -184,9 +184,9 @@ def test_partitions_hold_the_app_with_model_and_vectors_inside_the_flash():
     assert end <= flash_mb[0] << 20, "partition table is larger than the configured flash"
     offset, size = parts["factory"]
     assert offset % 0x10000 == 0, "app partitions must be 64 KB aligned"
-    espdl = [folder.variant_file(v, ".espdl") for v in folder.VARIANTS]
-    _need_models(*espdl, folder.VECTORS_BIN)
-    embedded = max(f.stat().st_size for f in espdl) + folder.VECTORS_BIN.stat().st_size
+    espdl = [qf.variant_file(v, ".espdl") for v in qf.VARIANTS]
+    _need_models(*espdl, qf.VECTORS_BIN)
+    embedded = max(f.stat().st_size for f in espdl) + qf.VECTORS_BIN.stat().st_size
     code_allowance = 3 << 20  # ESP-IDF + ESP-DL code: an estimate (ESP-DL's own apps use 2-8 MB app partitions)
     assert embedded + code_allowance <= size, (
         f"factory partition ({size} B) too small for {embedded} B of model+vectors plus {code_allowance} B of code"
@@ -194,15 +194,15 @@ def test_partitions_hold_the_app_with_model_and_vectors_inside_the_flash():
 
 
 def test_vectors_satisfy_the_firmware_build_rules():
-    _need_models(folder.VECTORS_META, folder.VECTORS_BIN)
-    doc = json.loads(folder.VECTORS_META.read_text())
+    _need_models(qf.VECTORS_META, qf.VECTORS_BIN)
+    doc = json.loads(qf.VECTORS_META.read_text())
     assert doc["format"] == 1 and doc["dtype"] == "float32" and len(doc["shape"]) == 4
     elements = doc["shape"][1] * doc["shape"][2] * doc["shape"][3]
-    assert folder.VECTORS_BIN.stat().st_size == len(doc["vectors"]) * elements * 4
+    assert qf.VECTORS_BIN.stat().st_size == len(doc["vectors"]) * elements * 4
     for v in doc["vectors"]:
         assert re.fullmatch(r"[A-Za-z0-9_.-]+", v["name"]), f"vector name {v['name']!r} breaks gm_vectors.h"
-    for variant in folder.VARIANTS:
-        meta = folder.variant_file(variant, ".json")
+    for variant in qf.VARIANTS:
+        meta = qf.variant_file(variant, ".json")
         if meta.exists():
             shape = json.loads(meta.read_text())["input"]["shape_nchw"]
             assert shape[1] * shape[2] * shape[3] == elements, f"{variant}: model input size != vector size"
@@ -214,7 +214,7 @@ def test_vectors_satisfy_the_firmware_build_rules():
 def test_quant_firmware_without_esp_idf_says_how_to_get_it():
     env = {k: v for k, v in os.environ.items() if k not in ("IDF_PATH", "IDF_PYTHON_ENV_PATH")}
     result = subprocess.run([sys.executable, "-m", "quant", "firmware"], capture_output=True, text=True,
-                            env=env, cwd=folder.REPO, timeout=60)
+                            env=env, cwd=qf.REPO, timeout=60)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "ESP-IDF" in result.stderr and "export.sh" in result.stderr
@@ -244,14 +244,14 @@ def fake_repo(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     shutil.copytree(FW, repo / "firmware", ignore=shutil.ignore_patterns("build*", "managed_components"))
     models = repo / "models"
-    for v in folder.VARIANTS:
-        folder.variant_file(v, ".espdl", models).parent.mkdir(parents=True)
-        folder.variant_file(v, ".espdl", models).write_bytes(b"EDL2")
+    for v in qf.VARIANTS:
+        qf.variant_file(v, ".espdl", models).parent.mkdir(parents=True)
+        qf.variant_file(v, ".espdl", models).write_bytes(b"EDL2")
     (models / "test_vectors.bin").write_bytes(b"\0" * 16)
     (models / "test_vectors.json").write_text("{}")
     for name, value in {"REPO": repo, "MODELS": models, "FIRMWARE": repo / "firmware",
                         "VECTORS_BIN": models / "test_vectors.bin", "VECTORS_META": models / "test_vectors.json"}.items():
-        monkeypatch.setattr(folder, name, value)
+        monkeypatch.setattr(qf, name, value)
     idf = tmp_path / "idf"
     (idf / "tools").mkdir(parents=True)
     (idf / "tools" / "idf.py").write_text("")
@@ -301,7 +301,7 @@ def test_the_chip_board_builds_the_firmware_of_its_models_folder_before_flashing
     assert board.build("int8") is None  # built now, with the folder in the command
     assert f"-DGM_MODELS_DIR={mine}" in json.loads((firmware.build_dir("int8") / "argv.json").read_text())
     assert board.build_dir("int8") == str(firmware.build_dir("int8"))
-    shutil.rmtree(folder.variant_dir("mixed", mine))
+    shutil.rmtree(qf.variant_dir("mixed", mine))
     assert board.build("mixed").endswith(f"build it with `quant build --variant mixed --models-dir {mine}` "
                                          "(or test only the variants you built: -k)")
 
@@ -319,7 +319,7 @@ def test_a_changed_sdkconfig_default_starts_a_fresh_sdkconfig_and_an_unchanged_o
 
 def test_a_newer_model_makes_the_build_stale(fake_repo):
     firmware.build("int8")
-    model = folder.variant_file("int8", ".espdl", folder.MODELS)
+    model = qf.variant_file("int8", ".espdl", qf.MODELS)
     app = firmware.build_dir("int8") / "gesture_test_app.bin"
     os.utime(model, (app.stat().st_mtime + 10, app.stat().st_mtime + 10))
     assert firmware.needs_build("int8") == (
@@ -347,8 +347,8 @@ def _trees_or_skip():
 def test_firmware_sources_compile_against_the_real_esp_idf_and_esp_dl_headers(tmp_path, run_mode):
     _trees_or_skip()
     names = ["stub"]
-    if folder.VECTORS_META.exists():
-        names = [v["name"] for v in json.loads(folder.VECTORS_META.read_text())["vectors"]]
+    if qf.VECTORS_META.exists():
+        names = [v["name"] for v in json.loads(qf.VECTORS_META.read_text())["vectors"]]
     (tmp_path / "gm_vectors.h").write_text(  # what main/CMakeLists.txt generates
         f"#pragma once\n#define GM_VECTOR_COUNT {len(names)}\n#define GM_VECTOR_ELEMENTS 9216\n"
         "static const char *const kGmVectorNames[GM_VECTOR_COUNT] = {"
@@ -370,10 +370,10 @@ def test_idf_build_apps_finds_one_app_per_variant():
         pytest.skip(f"idf-build-apps discovery {TREES_HOWTO}")
     env = dict(os.environ, IDF_PATH=str(IDF_TREE))
     result = subprocess.run([sys.executable, "-m", "idf_build_apps", "find"], capture_output=True, text=True,
-                            env=env, cwd=folder.REPO, timeout=120)
+                            env=env, cwd=qf.REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     found = sorted(re.findall(r"build in firmware/(build_esp32s3_\w+)", result.stdout))
-    assert found == sorted(firmware.build_dir(v).name for v in folder.VARIANTS)
+    assert found == sorted(firmware.build_dir(v).name for v in qf.VARIANTS)
 
 
 def test_sdkconfig_defaults_only_set_options_esp_idf_declares():
@@ -442,8 +442,8 @@ def cmake_project(tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(MAIN, repo / "firmware" / "main")
     models = repo / "models"
-    folder.variant_file("int8", ".espdl", models).parent.mkdir(parents=True)
-    folder.variant_file("int8", ".espdl", models).write_bytes(b"EDL2" + bytes(12))
+    qf.variant_file("int8", ".espdl", models).parent.mkdir(parents=True)
+    qf.variant_file("int8", ".espdl", models).write_bytes(b"EDL2" + bytes(12))
     vectors = bytes(range(2 * 4 * 3 * 4))  # 2 vectors of [1,1,4,3] float32
     (models / "test_vectors.bin").write_bytes(vectors)
     doc = {"format": 1, "shape": [1, 1, 4, 3], "dtype": "float32", "sha256": hashlib.sha256(vectors).hexdigest(),
@@ -485,7 +485,7 @@ def test_cmake_generates_the_vector_header_and_embeds_model_and_vectors(cmake_pr
     models = cmake_project.models
     assert calls.splitlines() == [
         'define GM_ESPDL_VERSION="3.3.9"',
-        f"embed {folder.variant_file('int8', '.espdl', models)} BINARY gm_model",
+        f"embed {qf.variant_file('int8', '.espdl', models)} BINARY gm_model",
         f"embed {models / 'test_vectors.bin'} BINARY gm_vectors",
     ]
 
@@ -509,7 +509,7 @@ def test_cmake_embeds_the_folder_gm_models_dir_names(cmake_project, tmp_path):
     shutil.rmtree(cmake_project.models)  # nothing may come from the default folder
     result, calls, _ = cmake_project(models_dir=mine)
     assert result.returncode == 0, result.stderr
-    assert calls.splitlines()[1:] == [f"embed {folder.variant_file('int8', '.espdl', mine)} BINARY gm_model",
+    assert calls.splitlines()[1:] == [f"embed {qf.variant_file('int8', '.espdl', mine)} BINARY gm_model",
                                       f"embed {mine / 'test_vectors.bin'} BINARY gm_vectors"]
     result, _, _ = cmake_project(models_dir=tmp_path / "nowhere")
     assert result.returncode != 0 and "is not a folder" in result.stderr and "--models-dir" in result.stderr

@@ -21,7 +21,7 @@ def _image(label: int, rng: np.random.Generator) -> np.ndarray:
     import cv2
 
     img = np.full((96, 96), int(rng.integers(0, 60)), np.uint8)
-    c, r, fg = (int(v) for v in rng.integers(30, 66, 2)), int(rng.integers(14, 26)), int(rng.integers(170, 255))
+    c, r, fg = [int(v) for v in rng.integers(30, 66, 2)], int(rng.integers(14, 26)), int(rng.integers(170, 255))
     if label == 0:
         for x in range(8, 90, 16):
             cv2.line(img, (x, 6), (x, 90), fg, 4)
@@ -63,7 +63,7 @@ def _train_onnx(images, path):
                         nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-    for _ in range(25):
+    for _ in range(60):
         for i in range(0, len(xt), 32):
             opt.zero_grad()
             nn.functional.cross_entropy(net(xt[i : i + 32]), yt[i : i + 32]).backward()

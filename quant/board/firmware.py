@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from quant.errors import UserError
-from quant import folder
+from quant import folder as qf
 from quant.folder import VARIANTS
 
 TARGET = "esp32s3"
@@ -39,7 +39,7 @@ INSTALL_HINT = (
 
 def build_dir(variant: str) -> Path:
     """firmware/build_esp32s3_<variant>: idf-build-apps' build_@t_@w, what pytest-embedded flashes."""
-    return folder.FIRMWARE / f"build_{TARGET}_{variant}"
+    return qf.FIRMWARE / f"build_{TARGET}_{variant}"
 
 
 def _check_variant(variant: str) -> None:
@@ -49,13 +49,13 @@ def _check_variant(variant: str) -> None:
 
 def _rel(path: Path) -> str:
     try:
-        return str(Path(path).relative_to(folder.REPO))
+        return str(Path(path).relative_to(qf.REPO))
     except ValueError:
         return str(path)
 
 
 def _models(models: Path | None) -> Path:
-    return Path(models if models is not None else folder.MODELS).resolve()
+    return Path(models if models is not None else qf.MODELS).resolve()
 
 
 def configured_models(folder: Path) -> Path | None:
@@ -74,10 +74,10 @@ def sources(variant: str, models: Path | None = None) -> list[Path]:
     """Every file a variant's build depends on: its .espdl, the vectors and the firmware sources."""
     _check_variant(variant)
     models = _models(models)
-    files = [folder.variant_file(variant, ".espdl", models), models / folder.VECTORS_BIN.name,
-             models / folder.VECTORS_META.name]
-    files += [folder.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}")]
-    files += sorted(p for p in (folder.FIRMWARE / "main").iterdir() if p.is_file())
+    files = [qf.variant_file(variant, ".espdl", models), models / qf.VECTORS_BIN.name,
+             models / qf.VECTORS_META.name]
+    files += [qf.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}")]
+    files += sorted(p for p in (qf.FIRMWARE / "main").iterdir() if p.is_file())
     return files
 
 
@@ -137,12 +137,12 @@ def build(variant: str, models: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     # defaults only fill options an existing sdkconfig lacks: start a fresh one when they changed
     sdkconfig = folder / "sdkconfig"
-    defaults = [*folder.FIRMWARE.glob("sdkconfig.defaults*"), folder.FIRMWARE / f"sdkconfig.ci.{variant}",
-                folder.FIRMWARE / "main" / "Kconfig.projbuild"]
+    defaults = [*qf.FIRMWARE.glob("sdkconfig.defaults*"), qf.FIRMWARE / f"sdkconfig.ci.{variant}",
+                qf.FIRMWARE / "main" / "Kconfig.projbuild"]
     if sdkconfig.exists() and any(d.stat().st_mtime > sdkconfig.stat().st_mtime for d in defaults):
         sdkconfig.unlink()
     command += [
-        "-C", str(folder.FIRMWARE),
+        "-C", str(qf.FIRMWARE),
         "-B", str(folder),
         f"-DIDF_TARGET={TARGET}",
         f"-DSDKCONFIG={folder / 'sdkconfig'}",
@@ -151,7 +151,7 @@ def build(variant: str, models: Path | None = None) -> Path:
         "build",
     ]
     print(f"[firmware] {variant}: {' '.join(command)}", flush=True)
-    result = subprocess.run(command, cwd=folder.FIRMWARE, check=False)
+    result = subprocess.run(command, cwd=qf.FIRMWARE, check=False)
     if result.returncode != 0:
         raise UserError(
             f"the {variant} firmware build failed (idf.py exit {result.returncode}); "
