@@ -74,3 +74,30 @@ def test_verify_command_exits_0_when_all_agree_and_1_otherwise(models, capsys):
     out = capsys.readouterr().out
     assert out.startswith("FAIL") and "worst |diff| 1 LSB (allowed 0)" in out and "ESP-DL without ACCURATE_INFER" in out
     assert "fixed-point 1/n" not in out and "average" not in out.split("diagnosis:")[-1]
+
+
+@pytest.mark.parametrize("name", ["log_f32_s8", "sqrt_f32_s16"])
+def test_float32_nodes_run_in_float_and_compare_nan_equal_nan(models, name):
+    import numpy as np
+
+    from quant.espdl.verify import compare
+
+    model = load(models[name])
+    assert {n.attributes.get("quant_type") for n in model.nodes} == {"F32"}
+    (expected,) = model.test_outputs.values()
+    assert expected.dtype == "float32" and np.isnan(expected.data).any() and not np.isnan(expected.data).all()
+    checks, _ = verify_model(model)
+    assert [c.ok for c in checks] == [True] and checks[0].max_abs <= 2e-5
+    # the rule can fail: a number where ESP-DL has NaN, and a value off by more than 2e-5
+    from quant.espdl.interpreter import QTensor
+    data = np.asarray(expected.data, np.float32).reshape(expected.dims).copy()
+    nan_at = np.flatnonzero(np.isnan(data))[0]
+    bad = data.copy().reshape(-1)
+    bad[nan_at] = 0.0
+    assert compare("y", QTensor(bad.reshape(data.shape), 0, "float32"), expected).mismatches == 1
+    bad = data.copy().reshape(-1)
+    num_at = np.flatnonzero(~np.isnan(bad))[0]
+    bad[num_at] += 1e-4
+    c = compare("y", QTensor(bad.reshape(data.shape), 0, "float32"), expected)
+    assert c.mismatches == 1 and not c.ok and abs(c.max_abs - 1e-4) < 1e-5
+

@@ -40,6 +40,8 @@ from numpy.lib.stride_tricks import as_strided
 from quant.espdl.reader import EspdlModel, Node, Tensor
 from quant.errors import UserError
 
+# operators with a float32 path (quant_type F32 nodes, float tensors in and out)
+FLOAT_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "HardSigmoid", "HardSwish", "Swish", "LeakyRelu"}
 RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}
 
 
@@ -286,6 +288,10 @@ class Interpreter:
                     args.append(self.model.initializers[name])
                 else:
                     raise UserError(f"node {node.name!r} reads {name!r}, which no earlier node produced")
+            if node.op_type not in FLOAT_OPS and (self._is_float(node) or any(
+                    isinstance(a, QTensor) and a.dtype == "float32" for a in args)):
+                raise UserError(f"{node.op_type} {node.name!r} runs in float32 (quant_type F32), which the host "
+                                f"interpreter supports only for {', '.join(sorted(FLOAT_OPS))}")
             try:
                 outs = getattr(self, f"_op_{node.op_type}")(node, args, result.notes)
             except UserError:
@@ -429,8 +435,19 @@ class Interpreter:
             y = rescale(y, x.exponent, out_exp)
         return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
+    def _is_float(self, node: Node, i: int = 0) -> bool:
+        """A float32 node (esp-ppq quant_type F32, e.g. Log/Sqrt): ESP-DL runs it in float32 on float tensors."""
+        vi = self.model.values.get(node.outputs[i])
+        return node.attributes.get("quant_type") == "F32" or (vi is not None and vi.dtype == "float32")
+
     def _float_activation(self, node, args, fn):
         x = args[0]
+        if self._is_float(node):  # dl_module_log.hpp / dl_module_sqrt.hpp ...: the float branch, fn in float32
+            real = x.data.astype(np.float32) if x.dtype == "float32" else (
+                x.data.astype(np.float32) * np.float32(2.0**x.exponent))
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                y = fn(real).astype(np.float32)
+            return [QTensor(y, self._out_meta(node)[0], "float32")]
         via_lut = self._lut(node, x)
         if via_lut is not None:
             return [via_lut]

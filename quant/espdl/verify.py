@@ -1,7 +1,7 @@
 """`quant verify FILE.espdl`: run the embedded test inputs through the host interpreter and compare.
 
 Rule = ESP-DL `model->test()` (`TensorBase::equal`): same dtype, shape and exponent; int8 bit-exact,
-int16 within 1 LSB. Exit 0 only when every embedded test output agrees; 1 otherwise; 2 for bad input.
+int16 within 1 LSB; float32 within 2e-5 absolute with NaN == NaN (quant.board.judge.FLOAT_ATOL). Exit 0 only when every embedded test output agrees; 1 otherwise; 2 for bad input.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quant.board.judge import allowed_lsb
+from quant.board.judge import FLOAT_ATOL, allowed_lsb, float_mismatches
 from quant.errors import UserError
 
 
@@ -28,6 +28,7 @@ class OutputCheck:
     size: int
     worst_index: tuple[int, ...] | None
     worst_values: tuple[int, int] | None  # (interpreter, embedded)
+    max_abs: float | None = None  # float32 outputs: worst |diff| (NaN == NaN), allowed FLOAT_ATOL
 
     @property
     def allowed_lsb(self) -> int:
@@ -42,7 +43,9 @@ class OutputCheck:
 def compare(name: str, got, expected) -> OutputCheck:
     """Compare an interpreter QTensor with an embedded test Tensor under ESP-DL's test() rule."""
     exp_shape = tuple(expected.dims)
-    allowed = 1 if expected.dtype == "int16" else 0
+    if expected.dtype == "float32" or got.dtype == "float32":
+        return _compare_float(name, got, expected, exp_shape)
+    allowed = allowed_lsb(expected.dtype)
     g = got.data.astype(np.int64)
     e = expected.data.astype(np.int64)
     if g.size != e.size:
@@ -58,6 +61,23 @@ def compare(name: str, got, expected) -> OutputCheck:
         max_lsb=worst, mismatches=int((diff > allowed).sum()), size=int(diff.size), worst_index=idx,
         worst_values=(int(g[idx]), int(e.reshape(g.shape)[idx])) if idx is not None else None,
     )
+
+
+def _compare_float(name, got, expected, exp_shape) -> OutputCheck:
+    g = np.asarray(got.data, np.float64)
+    e = np.asarray(expected.data, np.float64)
+    if g.size != e.size:
+        return OutputCheck(name, got.dtype, tuple(g.shape), got.exponent, expected.exponent, expected.dtype,
+                           exp_shape, -1, g.size, g.size, None, None)
+    g, e = g.reshape(exp_shape), e.reshape(exp_shape)
+    worst, bad = float_mismatches(g, e)
+    score = np.where(bad, np.inf, np.nan_to_num(np.abs(g - e), nan=0.0))
+    idx = tuple(int(i) for i in np.unravel_index(int(score.argmax()), score.shape)) if score.size else None
+    return OutputCheck(
+        name=name, dtype=got.dtype, shape=exp_shape, exponent=got.exponent, expected_exponent=expected.exponent,
+        expected_dtype=expected.dtype, expected_shape=exp_shape, max_lsb=0, mismatches=int(bad.sum()),
+        size=int(bad.size), worst_index=idx if bad.any() else None,
+        worst_values=(float(g[idx]), float(e[idx])) if idx is not None and bad.any() else None, max_abs=worst)
 
 
 def verify_model(model, exact_average: bool = False, wide_accumulators: bool = False,
@@ -99,6 +119,12 @@ def format_checks(checks, notes) -> str:
         if c.exponent != c.expected_exponent or c.dtype != c.expected_dtype or c.shape != c.expected_shape:
             meta += f" (interpreter: {c.dtype} {list(c.shape)} exp {c.exponent})"
         worst = ""
+        if c.max_abs is not None:
+            worst = (f" at {list(c.worst_index)} (interpreter {c.worst_values[0]}, embedded {c.worst_values[1]})"
+                     if c.worst_index is not None else "")
+            lines.append(f"{status} {c.name}: {meta}; worst |diff| {c.max_abs:.3g} (float32, allowed {FLOAT_ATOL:g}, "
+                         f"NaN == NaN){worst}; {c.mismatches}/{c.size} beyond tolerance")
+            continue
         if c.max_lsb > 0 and c.worst_index is not None:
             worst = f" at {list(c.worst_index)} (interpreter {c.worst_values[0]}, embedded {c.worst_values[1]})"
         lines.append(
