@@ -142,6 +142,12 @@ def _cases() -> list[Case]:
     c.append(Case("concat_transpose_s8",
                   lambda: _Lambda(lambda x: torch.cat([x, x * 0.5], 1).permute(0, 2, 3, 1).reshape(1, -1)),
                   (1, 8, 3, 3)))
+    # average pools with windows that are not powers of two and padding (ESP-DL: float division by the full area)
+    c.append(Case("avgpool3x3_s2_pad_s8", _seq(nn.Conv2d(12, 12, 1), nn.AvgPool2d(3, 2, 1)), (1, 12, 7, 7)))
+    c.append(Case("avgpool5x3_pad_s16", _seq(nn.Conv2d(6, 6, 1), nn.AvgPool2d((5, 3), 1, (2, 1))), (1, 6, 5, 7), 16))
+    # float32 nodes (esp-ppq exports Log/Sqrt as quant_type F32): NaN for negative inputs
+    c.append(Case("log_f32_s8", lambda: _Lambda(torch.log), (1, 16, 4, 4)))
+    c.append(Case("sqrt_f32_s16", lambda: _Lambda(torch.sqrt), (1, 10, 3, 5), 16))
     # every intermediate tensor embedded: the interpreter is checked layer by layer against the simulator
     c.append(Case("chain_all_values_mixed", lambda: _Chain(), (1, 1, 12, 12), uniform=True, all_values=True,
                   int16_ops=("/dw/dw.0/Conv", "/dw/dw.1/Clip", "/project/Conv")))

@@ -87,6 +87,21 @@ def reference_tensors(reference: Mapping[str, Any]) -> dict[int, tuple[str, dict
     return out
 
 
+# float32 tensors (esp-ppq quant_type F32 nodes): ESP-DL's model->test() accepts |diff| <= 2e-5 absolute and
+# counts NaN == NaN as equal (esp-dl/dl/model/src/dl_model_base.cpp:501, dl/tensor/src/dl_tensor_base.cpp:898-929).
+FLOAT_ATOL = 2e-5
+
+
+def float_mismatches(got: np.ndarray, expected: np.ndarray, atol: float = FLOAT_ATOL) -> tuple[float, np.ndarray]:
+    """(worst |diff| where both are numbers, bool mask of elements beyond `atol`); NaN == NaN, NaN != number."""
+    g, e = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    gn, en = np.isnan(g), np.isnan(e)
+    with np.errstate(invalid="ignore"):
+        diff = np.where(gn | en, 0.0, np.abs(g - e))
+    bad = (gn != en) | (diff > atol)
+    return float(diff.max()) if diff.size else 0.0, bad
+
+
 def allowed_lsb(dtype: str, tol: Mapping[str, Any] | None = None) -> int:
     """How many LSB an element of `dtype` may differ under a variant's tolerance; without one, ESP-DL's
     own model->test() rule (int16 within 1 LSB, everything else exact)."""

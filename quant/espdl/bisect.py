@@ -3,6 +3,8 @@
 Sources of per-layer tensors (named after the .espdl's values, NHWC ints + exponent):
 - `interpreter`        the host interpreter with ESP32-S3 arithmetic (quant.espdl.interpreter)
 - `interpreter-exact`  the PPQ simulator's arithmetic: exact average pools, accumulators without the S3's lanes
+- `interpreter-fixed-average`  the interpreter with the fixed-point 2^e/n average pools of an ESP-DL built
+  without CONFIG_ACCURATE_INFER (ESP-DL 3.3.9 compiles that branch out)
 - `embedded`           the PPQ simulator's tensors esp-ppq embedded as test values (the outputs, or every layer
   when exported with `test_output_names=` all values); input = the embedded test input
 - `FILE` (a transcript) a board's (or the virtual board's) serial output of `run dump`: protocol v1 TENSOR
@@ -170,9 +172,10 @@ def format_report(model, tensors_a: dict, tensors_b: dict, tolerance=None, label
 def _source(spec: str, model, vector: int, vectors):
     from quant.espdl.interpreter import Interpreter, QTensor
 
-    if spec in ("interpreter", "interpreter-exact"):
+    if spec in ("interpreter", "interpreter-exact", "interpreter-fixed-average"):
         exact = spec.endswith("exact")
-        interp = Interpreter(model, exact_average=exact, wide_accumulators=exact)
+        interp = Interpreter(model, exact_average=exact, wide_accumulators=exact,
+                             fixed_point_average=spec.endswith("fixed-average"))
         if vector < 0:
             t = model.test_inputs.get(model.inputs[0].name)
             if t is None:
@@ -197,7 +200,7 @@ def _source(spec: str, model, vector: int, vectors):
 
     path = Path(spec)
     if not path.is_file():
-        raise UserError(f"source {spec!r} is not interpreter, interpreter-exact, embedded or a transcript file")
+        raise UserError(f"source {spec!r} is not interpreter, interpreter-exact, interpreter-fixed-average, embedded or a transcript file")
     session = protocol.TranscriptParser()
     session.feed(path.read_bytes())
     run = session.finish()
@@ -211,7 +214,7 @@ def _source(spec: str, model, vector: int, vectors):
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", metavar="FILE.espdl", help="the model both runs executed")
-    parser.add_argument("a", help="first source: interpreter | interpreter-exact | embedded | transcript file")
+    parser.add_argument("a", help="first source: interpreter | interpreter-exact | interpreter-fixed-average | embedded | transcript file")
     parser.add_argument("b", help="second source (same choices)")
     parser.add_argument("--vector", type=int, default=-1,
                         help="fixed vector index (models/test_vectors.bin); default: the embedded test input "

@@ -18,10 +18,15 @@ in README.md, 'Reading, running and bisecting .espdl files'):
 - Add / Concat / Transpose: raw integer copies/adds (exponents are not consulted by ESP-DL 3.3.9's
   `elemwise_add`, `Concat`, `transpose`); esp-ppq aligns those exponents at export. A mismatch is reported.
 - RequantizeLinear / Reshape / Flatten: `TensorBase::assign`, i.e. sat(round_half_up(x * 2**(e_in - e_out))).
-- GlobalAveragePool / AveragePool: ESP32-S3 multiplies the window sum by avg_pool_area_inv =
-  floor(2**e / n) (e the largest exponent with that < 64 for int8, < 16384 for int16) and shifts by
-  out - in + e (`dl_base_pool2d.hpp get_pool_args`, `dl_tie728_s8_avg_pool2d.S`). That is not exactly 1/n, so it
-  can differ from the PPQ simulator; `exact_average=True` divides exactly (the simulator's arithmetic).
+- GlobalAveragePool / AveragePool: ESP-DL 3.3.9 defines CONFIG_ACCURATE_INFER 1 unconditionally
+  (`esp-dl/dl/dl_define_private.hpp:42`), so `load_avg_pool2d_hwc1_s8/_s16` (`dl_base_avg_pool2d.cpp:81-153`, `#if CONFIG_ACCURATE_INFER` at :86 and :124)
+  pick only the C path `avgpool2d_hwc` (`dl_base_avg_pool2d.cpp:28-55`): the int32 sum over the window's valid
+  cells times the float32 `scale = 2^e_in * (1.f / avg_pool_area) * 2^-e_out`, `tool::round` = round half up on
+  S3 (`dl_tool.cpp:72-90`), saturated; `avg_pool_area` is the full kernel area, padding cells included
+  (`dl_base_pool2d.hpp:132`). The fixed-point `2^e / n` of the TIE728 kernels (`avg_pool_shell`,
+  `dl_base_pool2d.hpp:223-440`, under `#if !CONFIG_ACCURATE_INFER`) is compiled out; it stays available as
+  `fixed_point_average=True` (an ESP-DL built without ACCURATE_INFER). `exact_average=True` is the PPQ
+  simulator's float64 division (valid cells unless count_include_pad).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from numpy.lib.stride_tricks import as_strided
 from quant.espdl.reader import EspdlModel, Node, Tensor
 from quant.errors import UserError
 
+# operators with a float32 path (quant_type F32 nodes, float tensors in and out)
+FLOAT_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "HardSigmoid", "HardSwish", "Swish", "LeakyRelu"}
 RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}
 
 
@@ -180,14 +187,17 @@ class Interpreter:
     """Runs an `EspdlModel`. `run(x)` accepts float input (quantized like ESP-DL's `assign`) or ints."""
 
     def __init__(self, model: EspdlModel, exact_average: bool = False, wide_accumulators: bool = False,
-                 node_hook=None):
+                 fixed_point_average: bool = False, node_hook=None):
         """`exact_average` divides average pools exactly and `wide_accumulators` lets Conv/Gemm sums exceed the
         S3's 20/40-bit lanes: both together are the PPQ simulator's arithmetic (the default is the chip's).
+        `fixed_point_average` averages with the TIE728 kernels' fixed-point 2^e/n, which ESP-DL 3.3.9 compiles
+        out (CONFIG_ACCURATE_INFER 1): it models an ESP-DL built without ACCURATE_INFER.
         `node_hook(node, outs) -> outs`, when given, sees every node's outputs before later nodes read them
         (fault injection: the virtual board's layer_fault)."""
         self.model = model
         self.node_hook = node_hook
         self.exact_average = exact_average
+        self.fixed_point_average = fixed_point_average
         self.wide_accumulators = wide_accumulators
         self._prepared: dict[str, dict] = {}
         unsupported = sorted({n.op_type for n in model.nodes if not hasattr(self, f"_op_{n.op_type}")})
@@ -281,6 +291,10 @@ class Interpreter:
                     args.append(self.model.initializers[name])
                 else:
                     raise UserError(f"node {node.name!r} reads {name!r}, which no earlier node produced")
+            if node.op_type not in FLOAT_OPS and (self._is_float(node) or any(
+                    isinstance(a, QTensor) and a.dtype == "float32" for a in args)):
+                raise UserError(f"{node.op_type} {node.name!r} runs in float32 (quant_type F32), which the host "
+                                f"interpreter supports only for {', '.join(sorted(FLOAT_OPS))}")
             try:
                 outs = getattr(self, f"_op_{node.op_type}")(node, args, result.notes)
             except UserError:
@@ -426,8 +440,19 @@ class Interpreter:
             y = rescale(y, x.exponent, out_exp)
         return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
+    def _is_float(self, node: Node, i: int = 0) -> bool:
+        """A float32 node (esp-ppq quant_type F32, e.g. Log/Sqrt): ESP-DL runs it in float32 on float tensors."""
+        vi = self.model.values.get(node.outputs[i])
+        return node.attributes.get("quant_type") == "F32" or (vi is not None and vi.dtype == "float32")
+
     def _float_activation(self, node, args, fn):
         x = args[0]
+        if self._is_float(node):  # dl_module_log.hpp / dl_module_sqrt.hpp ...: the float branch, fn in float32
+            real = x.data.astype(np.float32) if x.dtype == "float32" else (
+                x.data.astype(np.float32) * np.float32(2.0**x.exponent))
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                y = fn(real).astype(np.float32)
+            return [QTensor(y, self._out_meta(node)[0], "float32")]
         via_lut = self._lut(node, x)
         if via_lut is not None:
             return [via_lut]
@@ -592,13 +617,13 @@ class Interpreter:
         xp = np.pad(data[0].astype(np.int64), ((t, b), (l, r), (0, 0)))
         ones = np.pad(np.ones(data.shape[1:3] + (1,), np.int64), ((t, b), (l, r), (0, 0)))
         sums = _windows(xp, kh, kw, sh, sw, 1, 1).sum(axis=(2, 3))
-        count = _windows(ones, kh, kw, sh, sw, 1, 1).sum(axis=(2, 3))  # ESP-DL averages over valid cells only
+        count = _windows(ones, kh, kw, sh, sw, 1, 1).sum(axis=(2, 3))  # valid cells (simulator; fixed-point branch)
         if self.exact_average:  # the simulator: torch avg_pool (zero padding counted if count_include_pad)
             if kernel is None and node.attributes.get("count_include_pad", 0):
                 count = np.full_like(count, kh * kw)
             real = sums / count * 2.0 ** (x.exponent - out_exp)
             y = np.floor(real + 0.5).astype(np.int64)
-        else:
+        elif self.fixed_point_average:  # dl_base_pool2d.hpp avg_pool_shell, #if !CONFIG_ACCURATE_INFER
             y = np.empty_like(sums)
             maxv = 64 if x.dtype == "int8" else 16384
             for n in np.unique(count):
@@ -610,7 +635,11 @@ class Interpreter:
                 y[sel] = shift_round(sums[sel] * inv, out_exp + e - x.exponent)
                 if inv * n != 1 << e:
                     notes.append(Note(node.name, f"ESP32-S3 averages {n} cells as sum * {inv} / 2^{e} "
-                                                 f"(not exactly 1/{n}); the PPQ simulator divides exactly"))
+                                                 f"(not exactly 1/{n}; ESP-DL without ACCURATE_INFER)"))
+        else:  # ESP-DL 3.3.9 (ACCURATE_INFER): dl_base_avg_pool2d.cpp avgpool2d_hwc
+            scale = np.float32(2.0**x.exponent) * (np.float32(1.0) / np.float32(kh * kw)) * np.float32(2.0**-out_exp)
+            v = sums.astype(np.float32) * scale  # int32 buffer * float scale, in float32
+            y = np.floor((v.astype(np.float64) + 0.5).astype(np.float32)).astype(np.int64)  # floorf(value + 0.5)
         out = saturate(y[None], out_dtype)
         return QTensor(out if x.data.ndim == 4 else out[:, 0], out_exp, out_dtype)
 

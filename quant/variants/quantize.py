@@ -106,9 +106,11 @@ def relu6_to_relu(model) -> int:
 def gap_to_reduce_mean(model) -> int:
     """Rewrite GlobalAveragePool as ReduceMean over H and W (same float function), in place; returns the count.
 
-    ESP-DL on the S3 computes a global *average pool* with a fixed-point 1/n (a 6x6 pool multiplies by
-    56/2048, 1.6 % low) while esp-ppq's simulator divides exactly, so the chip missed the reference by
-    1-2 LSB on every variant; as ReduceMean both agree bit-exactly (README.md, 'Reading, running and bisecting .espdl files').
+    The original reason (an S3 average pool with a fixed-point 1/n, 56/2048 for 6x6) was wrong for ESP-DL 3.3.9:
+    it defines CONFIG_ACCURATE_INFER 1 (esp-dl/dl/dl_define_private.hpp:42), so GlobalAveragePool runs
+    `avgpool2d_hwc` (dl_base_avg_pool2d.cpp), the int32 sum times a float 2^e_in/n*2^-e_out, round half up:
+    the simulator's exact division. ReduceMean (dl_module_reduce_mean.hpp) also divides in float. The rewrite
+    therefore changes no value; it is kept only so the committed variants stay as built.
     """
     from onnx import helper, numpy_helper
 

@@ -26,7 +26,16 @@ def _output_config(graph, name: str):
 
 def tensor_exponent(graph, name: str) -> tuple[int, int]:
     """(exponent, bits) of a graph tensor, as the exporter computes them."""
+    from quant.errors import UserError
+
     cfg = _output_config(graph, name)
+    if cfg.scale is None or getattr(cfg.state, "name", "") in ("FP32", "SOI", "PASSIVE_INIT"):
+        var = graph.variables[name]
+        op = var.source_op
+        what = f"{op.type} {op.name!r}" if op is not None else "the graph input"
+        raise UserError(f"tensor {name!r} produced by {what} is float32 (ESP-DL runs that operator in float), which "
+                        f"the reference and the board judge do not support yet: end the model before it (for a final "
+                        f"Softmax, the argmax of the logits is the same) and rebuild")
     return int(np.log2(float(cfg.scale))), int(cfg.num_of_bits)
 
 
