@@ -32,8 +32,8 @@ PLATFORM = {
     "bias": "20-bit in int8 layers (stored int32), 40-bit in int16 layers (stored int64)",
     "note": "per-channel exists only on ESP32-P4",
     "int16_platform": "ESPDL_S3_H_PRE_INT16 (S3 int16 bits, simulated in float64: bit-exact with the chip)",
-    "graph_edits": "GlobalAveragePool -> ReduceMean over H, W (kept so the variants stay as built; no value "
-                   "changes: ESP-DL 3.3.9 (CONFIG_ACCURATE_INFER) divides both in float, as the simulator does)",
+    "graph_edits": "none (ESP-DL 3.3.9 compiles its average pool with CONFIG_ACCURATE_INFER: an exact float "
+                   "division, as the simulator's)",
 }
 INPUT_SHAPE = [1, 1, 96, 96]
 

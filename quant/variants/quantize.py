@@ -103,35 +103,6 @@ def relu6_to_relu(model) -> int:
     return count
 
 
-def gap_to_reduce_mean(model) -> int:
-    """Rewrite GlobalAveragePool as ReduceMean over H and W (same float function), in place; returns the count.
-
-    The original reason (an S3 average pool with a fixed-point 1/n, 56/2048 for 6x6) was wrong for ESP-DL 3.3.9:
-    it defines CONFIG_ACCURATE_INFER 1 (esp-dl/dl/dl_define_private.hpp:42), so GlobalAveragePool runs
-    `avgpool2d_hwc` (dl_base_avg_pool2d.cpp), the int32 sum times a float 2^e_in/n*2^-e_out, round half up:
-    the simulator's exact division. ReduceMean (dl_module_reduce_mean.hpp) also divides in float. The rewrite
-    therefore changes no value; it is kept only so the committed variants stay as built.
-    """
-    from onnx import helper, numpy_helper
-
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
-    count = 0
-    for node in model.graph.node:
-        if node.op_type != "GlobalAveragePool":
-            continue
-        node.op_type = "ReduceMean"
-        del node.attribute[:]
-        node.attribute.append(helper.make_attribute("keepdims", 1))
-        if opset >= 18:
-            axes = f"{node.name or node.output[0]}_axes"
-            model.graph.initializer.append(numpy_helper.from_array(np.array([2, 3], np.int64), axes))
-            node.input.append(axes)
-        else:
-            node.attribute.append(helper.make_attribute("axes", [2, 3]))
-        count += 1
-    return count
-
-
 def prepare_onnx(src: Path, spec: VariantSpec) -> tuple[bytes, dict | None]:
     """The working ONNX for `spec` (bytes) and a record of the ReLU6 policy applied (None for 'keep')."""
     import onnx
@@ -141,7 +112,6 @@ def prepare_onnx(src: Path, spec: VariantSpec) -> tuple[bytes, dict | None]:
     for graph_input in model.graph.input:
         if graph_input.name not in inits:
             graph_input.type.tensor_type.shape.dim[0].dim_value = 1  # a dynamic batch becomes 1 (esp-ppq needs it)
-    gap_to_reduce_mean(model)  # every variant: the chip's arithmetic then matches the simulator
     if spec.relu6 == "keep":
         return model.SerializeToString(), None
     record = {"policy": spec.relu6, "relu6_nodes": len(relu6_nodes(model))}
