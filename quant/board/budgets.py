@@ -30,6 +30,7 @@ from quant.folder import (  # noqa: F401  (Budget, BUDGETS, load_budgets, rewrit
     variant_file,
     write_text_atomic,
 )
+from quant.variants.info import budget
 
 DEFAULT_HEADROOM = 0.15
 
@@ -124,7 +125,6 @@ def _load_report(path: Path) -> tuple[Path, dict]:
 
 def new_budget(name: str, measured: int, headroom: float, identity: Mapping[str, Any], date: str, source: str) -> dict:
     """A measured budget: value = ceil(measured * (1 + headroom)) (quant.variants.info's rule), with the board's identity."""
-    from quant.variants.info import budget
 
     keys = ("board", "fw", "target", "idf", "espdl", "cpu_mhz", "psram_bytes", "cores")
     board = " ".join(f"{k}={identity[k]}" for k in keys if identity.get(k) not in (None, ""))

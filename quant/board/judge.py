@@ -20,7 +20,6 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from quant.errors import UserError
 from quant.folder import MODELS, load_expectations  # noqa: F401  (the variant folder is read by quant.folder)
 
 FIRST_DIFFERENCES = 5  # differences listed per tensor in a failure message

@@ -27,6 +27,11 @@ from quant.board import protocol
 from quant.board.boards import Board, BoardSessionError, Silence, log_hint
 from quant.errors import UserError
 from quant.folder import MODELS
+from quant.espdl import bisect
+from quant.espdl.interpreter import Interpreter
+from quant.folder import load_vectors
+from quant.folder import variant_file
+from quant.board import judge as compare
 
 DEFAULT_TIMEOUT_S = 25.0  # the longest silence a healthy board shows (boot, one vector's runs)
 TOTAL_FACTOR = 10  # a run may take at most TOTAL_FACTOR * timeout_s in all (dump: DUMP_FACTOR)
@@ -134,17 +139,13 @@ def localize(dut: Any, board: Board, variant: str, *, timeout_s: float, models: 
              tolerance: dict | None = None, bad_vectors: tuple[int, ...] = (0,)) -> str:
     """Run the board again in dump mode and name the first layer where its intermediates (vector 0)
     leave the host interpreter's (quant.espdl.bisect; ESP32-S3 integer arithmetic on the committed .espdl)."""
-    from quant.espdl import bisect
     from quant.espdl import reader as espdl
-    from quant.espdl.interpreter import Interpreter
-    from quant.folder import load_vectors
 
     try:
         dump = run_board(dut, board, dump=True, timeout_s=timeout_s, again=True)
     except BoardSessionError as exc:
         return f"first diverging layer: not localized (the `run dump` session failed: {str(exc).splitlines()[0]})"
     try:
-        from quant.folder import variant_file
 
         model = espdl.load(variant_file(variant, ".espdl", models))
         x = load_vectors(models)[0][0][None]
@@ -171,7 +172,6 @@ def localize(dut: Any, board: Board, variant: str, *, timeout_s: float, models: 
 
 def run_variant(dut: Any, board: Board, variant: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                 bisect: bool = True) -> BoardOutcome:
-    from quant.board import judge as compare
 
     models = board.models
     outcome = BoardOutcome(variant=variant, claims=board.claims, kind=board.kind, models=models,

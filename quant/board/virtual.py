@@ -40,6 +40,9 @@ from pathlib import Path
 from quant.board.judge import allowed_lsb, load_expectations
 from quant.errors import UserError
 from quant.folder import MODELS, REPO, VARIANTS, load_budgets, load_vectors, variant_file
+from quant.espdl import reader
+from quant.espdl import interpreter
+from quant.board.protocol import Emitter
 
 FAULTS: dict[str, str] = {
     "none": "a correct board",
@@ -193,7 +196,6 @@ def check_folder(variant: str, models_dir: Path = MODELS) -> None:
 
 def _embedded_test_outputs(espdl: bytes, path: Path) -> dict[str, Tensor]:
     """The test outputs esp-ppq embedded in the .espdl (what ESP-DL's model->test() compares with)."""
-    from quant.espdl import reader  # noqa: PLC0415  (numpy + flatbuffers: fast)
 
     model = reader.loads(espdl, name=str(path), path=path)
     return {
@@ -239,7 +241,6 @@ class Interpreted:
 
     def _load(self):
         from quant.espdl import reader as espdl
-        from quant.espdl import interpreter  # noqa: PLC0415
 
         model = espdl.loads(self.espdl_bytes, name=str(self.espdl_path), path=self.espdl_path)
         hook = None
@@ -307,7 +308,6 @@ class App:
         if runs < 1:
             raise UserError(f"--runs must be at least 1, not {runs}")
         self.data, self.fault, self.runs = data, fault, runs
-        from quant.board.protocol import Emitter  # noqa: PLC0415  (numpy: imported when the app starts)
 
         self._new_emitter = lambda: Emitter(version=2 if fault == "version" else 1)
         self.emitter = self._new_emitter()  # counts the lines since BOOT (END carries the count)

@@ -23,6 +23,8 @@ import numpy as np
 
 from quant.board.judge import allowed_lsb
 from quant.errors import UserError
+from quant.espdl.interpreter import Interpreter, QTensor
+from quant.espdl.reader import load
 
 DEFAULT_TOLERANCE = {"int8_lsb": 0, "int16_lsb": 1, "same_exponent": True}
 
@@ -170,7 +172,6 @@ def format_report(model, tensors_a: dict, tensors_b: dict, tolerance=None, label
 
 # ----------------------------------------------------------------------------------------------- CLI
 def _source(spec: str, model, vector: int, vectors):
-    from quant.espdl.interpreter import Interpreter, QTensor
 
     if spec in ("interpreter", "interpreter-exact", "interpreter-fixed-average"):
         exact = spec.endswith("exact")
@@ -227,7 +228,6 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    from quant.espdl.reader import load
 
     model = load(args.model, key=args.key)
     tol = None

@@ -12,6 +12,9 @@ import numpy as np
 
 from quant.board.judge import FLOAT_ATOL, allowed_lsb, float_mismatches
 from quant.errors import UserError
+from quant.espdl.interpreter import Interpreter, Note, QTensor
+from quant.espdl.bisect import graph_order
+from quant.espdl.reader import load
 
 
 @dataclass
@@ -83,7 +86,6 @@ def _compare_float(name, got, expected, exp_shape) -> OutputCheck:
 def verify_model(model, exact_average: bool = False, wide_accumulators: bool = False,
                  fixed_point_average: bool = False):
     """Return (checks, notes) for the embedded test values of a loaded EspdlModel."""
-    from quant.espdl.interpreter import Interpreter, Note, QTensor
 
     if not model.test_inputs or not model.test_outputs:
         raise UserError(f"{model.path} has no embedded test values: export it with esp-ppq export_test_values=True")
@@ -96,7 +98,6 @@ def verify_model(model, exact_average: bool = False, wide_accumulators: bool = F
             raise UserError(f"{model.path} has no test value for input {vi.name!r}")
         inputs[vi.name] = QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
     result = interp.run_named(inputs)
-    from quant.espdl.bisect import graph_order
 
     position = {name: i for i, (name, _) in enumerate(graph_order(model))}
     checks = []
@@ -175,7 +176,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from quant.espdl.reader import load
 
     failed = 0
     for path in args.files:

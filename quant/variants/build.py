@@ -22,6 +22,10 @@ from pathlib import Path
 
 from quant import folder as qf
 from quant.errors import UserError
+import quant
+from quant.variants import info, reference, report, vectors
+from quant.variants import specs as variants
+from quant.variants.quantize import MIN_CALIB_STEPS, Inputs, Quantizer, progress
 
 PACKAGES = {"esp_ppq": "esp-ppq", "torch": "torch", "onnx": "onnx", "numpy": "numpy", "onnxruntime": "onnxruntime"}
 PLATFORM = {
@@ -128,7 +132,6 @@ def _data_key(args) -> str:
 def versions() -> dict:
     from importlib import metadata
 
-    import quant
 
     out = {k: metadata.version(v) for k, v in PACKAGES.items()}
     out["quant"] = quant.__version__
@@ -225,7 +228,6 @@ class Data:
 def check_data(args, n_outputs: int):
     """Validate the data folder (or the synthetic set) against the model -> (user images or None, classes)."""
     from quant.variants import data
-    from quant.variants.quantize import MIN_CALIB_STEPS
 
     if args.data is None:
         user, classes = None, tuple(data.CLASSES)
@@ -254,7 +256,6 @@ def check_data(args, n_outputs: int):
 
 
 def calib_count(args, user) -> int:
-    from quant.variants.quantize import MIN_CALIB_STEPS
 
     if args.calib is not None:
         return args.calib
@@ -348,8 +349,6 @@ class Measured:
 
 def measure(quantizer, result, ctx: Context, key: str, measured_budgets: dict) -> Measured:
     """Everything a variant folder records, from a quantization result (nothing is written)."""
-    from quant.variants import info, reference
-    from quant.variants.quantize import progress
 
     spec, attempt = result.spec, result.attempt
     graph = attempt.graph
@@ -476,7 +475,6 @@ def fixed_vectors(args, models: Path, user, *, make: bool):
     """(x, meta, sha, to_write) of the models folder's fixed vectors. A folder without them gets them made
     (from the user's images with --data, else the default gesture set) but only written later, by `run`;
     with make=False (--check) a missing pair is (None, None, None, False)."""
-    from quant.variants import vectors
 
     bin_path, meta_path = qf.vectors_files(models)
     if bin_path.exists() or meta_path.exists() or qf.is_default(models):
@@ -493,7 +491,6 @@ def fixed_vectors(args, models: Path, user, *, make: bool):
 
 def run(args, specs=None) -> int:
     """`quant build`; `specs` (VariantSpecs) replaces the --variant names (tests build cheap specs)."""
-    from quant.variants import specs as variants
 
     started = time.perf_counter()
     if specs is None:
@@ -560,7 +557,6 @@ def _build(args, models, specs, names, started, user, classes, input_name, outpu
 
     failures = []
     if stale:
-        from quant.variants.quantize import Inputs, Quantizer, progress
 
         progress(f"loading data and the float model ({Path(args.onnx).name})")
         data = load_data(args, user, classes)
@@ -591,7 +587,6 @@ def _build(args, models, specs, names, started, user, classes, input_name, outpu
                     shutil.rmtree(staging, ignore_errors=True)
                 progress(f"{spec.name}: done in {time.perf_counter() - t0:.1f} s -> {target}")
 
-    from quant.variants import report
 
     print()
     print(report.table(models, names))

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+from quant.espdl import reader
+from quant.variants import latency
 
 LATENCY_HEADROOM = 0.5  # the model's leave-one-out error on the published whole models is up to 26 %: generous until measured
 MEMORY_HEADROOM = 0.25
@@ -76,7 +78,6 @@ def peak_activation_bytes(onnx_path: Path, int16_ops: set[str]) -> int:
 
 def espdl_parameter_bytes(path: Path) -> int:
     """Bytes of all initializers in a plain EDL2 file (unpadded: prod(dims) x element size)."""
-    from quant.espdl import reader
 
     return sum(t.data.nbytes for t in reader.load(path).initializers.values())
 
@@ -90,8 +91,6 @@ def budget(basis: float, headroom: float, method: str) -> dict:
 
 
 def budgets(espdl: Path, peak: int, params: int, espdl_bytes: int, nodes: int) -> dict:
-    from quant.espdl import reader
-    from quant.variants import latency
 
     latency_us, per_node = latency.estimate(reader.load(espdl))
     gesture = next(r for r in latency.fit_table() if r["point"].startswith("hand gesture"))

@@ -28,6 +28,9 @@ import numpy as np
 
 from quant.variants.sensitivity import consumers, cosine, groups, join_inputs, noise_signal, rank, run_graph
 from quant.variants.specs import VariantSpec
+from quant.espdl import reader
+from quant.variants import latency
+from quant.variants.distill import distill
 
 TARGET = "esp32s3"
 INPUT_SHAPE = [1, 1, 96, 96]
@@ -157,8 +160,6 @@ class Inputs:
 
 
 def estimated_latency_us(attempt: "Attempt") -> float:
-    from quant.espdl import reader
-    from quant.variants import latency
 
     return latency.estimate(reader.load(attempt.espdl))[0]
 
@@ -271,7 +272,6 @@ class Quantizer:
         if key not in self._prepared:
             model, record = prepare_onnx(self.inputs.onnx, spec)
             if spec.distillation is not None and record is not None:
-                from quant.variants.distill import distill
 
                 teacher, _ = prepare_onnx(self.inputs.onnx, dataclasses.replace(spec, relu6="keep"))
                 start = time.perf_counter()

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+from quant.errors import UserError
+from quant.espdl import reader
 
 
 
@@ -26,7 +28,6 @@ def _output_config(graph, name: str):
 
 def tensor_exponent(graph, name: str) -> tuple[int, int]:
     """(exponent, bits) of a graph tensor, as the exporter computes them."""
-    from quant.errors import UserError
 
     cfg = _output_config(graph, name)
     if cfg.scale is None or getattr(cfg.state, "name", "") in ("FP32", "SOI", "PASSIVE_INIT"):
@@ -74,7 +75,6 @@ def document(variant: str, entries: list[dict], vectors_sha256: str, espdl_sha25
 
 def check_embedded(espdl: Path, entries: list[dict]) -> None:
     """Vector 0's reference ints must equal the test outputs embedded in the .espdl."""
-    from quant.espdl import reader
 
     embedded = reader.load(espdl).test_outputs
     for name, t in entries[0]["tensors"].items():

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from quant.variants.distill import Distillation
+from quant.errors import UserError
 
 # activation observers esp-ppq offers that we are willing to measure; "kl" is deliberately not
 # among the defaults (docs: it clipped a ReLU6 at 0.5 and took accuracy from 100 % to 24 %).
@@ -130,7 +131,6 @@ VARIANTS: dict[str, VariantSpec] = {
 
 
 def get(name: str) -> VariantSpec:
-    from quant.errors import UserError
 
     if name not in VARIANTS:
         raise UserError(f"unknown variant {name!r}; known variants: {', '.join(VARIANTS)}")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quant.folder import FLOAT_ONNX
+from quant.errors import UserError
+from quant.variants.info import op_macs
 
 DEFAULT_EPOCHS = 6
 DEFAULT_IMAGES = 20000
@@ -60,7 +62,6 @@ def run(args) -> int:
     """`quant train`: check the options, then `train(Recipe(...))`."""
     import os
 
-    from quant.errors import UserError
     from quant.variants import data
 
     if args.epochs < 1 or args.images < len(data.CLASSES):
@@ -93,7 +94,6 @@ def train(recipe: Recipe) -> dict:
     from torch import nn
 
     from quant.variants import data
-    from quant.variants.info import op_macs
     from quant.variants.model import INPUT_NAME, INPUT_SHAPE, OUTPUT_NAME, build_model, count_params, export_onnx
 
     out = Path(recipe.out)
