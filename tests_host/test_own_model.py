@@ -132,3 +132,19 @@ def test_an_injected_fault_fails_them(own):
     _, _, models, _ = own
     proc = _target(models, "--virtual-fault", "off_by_one")
     assert proc.returncode == 1 and "1 LSB" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_a_softmax_head_is_one_line_exit_2_and_leaves_no_folder(own):
+    import torch
+    from torch import nn
+
+    root, images, _, _ = own
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+                        nn.Softmax(1)).eval()
+    torch.onnx.export(net, torch.zeros(1, 1, 96, 96), str(root / "softmax.onnx"), input_names=["image"],
+                      output_names=["probs"], opset_version=18, dynamo=False)
+    proc = _quant("build", "--onnx", root / "softmax.onnx", "--data", images, "--variant", "int8", "--models-dir",
+                  root / "softmax_models", cwd=root)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "Softmax" in proc.stderr
+    assert not (root / "softmax_models").exists()
