@@ -12,7 +12,8 @@ from quant.espdl import bisect
 from quant.espdl import reader as espdl
 from quant.board import protocol
 from quant.errors import UserError
-from quant.espdl.interpreter import Interpreter, QTensor
+from quant.espdl.interpreter import Interpreter
+from quant.tensor import Tensor
 
 NAME = "mixed_requant_s8_s16"  # Conv s8 -> RequantizeLinear -> depthwise Conv+Relu s16 -> RequantizeLinear -> Conv s8
 
@@ -29,7 +30,7 @@ def model(model_path):
 
 def _test_input(model):
     t = model.test_inputs[model.inputs[0].name]
-    return QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
+    return t.tensor()
 
 
 def _run(model):
@@ -62,7 +63,7 @@ def test_a_fault_in_one_intermediate_tensor_is_found_there(model):
     t = good["PPQ_Variable_3"]  # the 16 -> 8 bit RequantizeLinear output
     data = t.data.copy()
     data.reshape(-1)[17] = np.int8(data.reshape(-1)[17] + (1 if data.reshape(-1)[17] < 127 else -1))
-    bad["PPQ_Variable_3"] = QTensor(data, t.exponent, t.dtype)
+    bad["PPQ_Variable_3"] = Tensor(data, t.exponent, t.dtype)
     div = bisect.first_divergence(model, good, bad)
     assert (div.stat.value, div.stat.op_type, div.stat.mismatches, div.stat.max_lsb) == (
         "PPQ_Variable_3", "RequantizeLinear", 1, 1)
@@ -72,13 +73,13 @@ def test_int16_layers_tolerate_one_lsb_and_exponents_must_match(model):
     good = _run(model)
     t = good["/relu/Relu_output_0"]
     assert t.dtype == "int16"
-    one_off = dict(good, **{"/relu/Relu_output_0": QTensor((t.data.astype(np.int32) + 1).clip(-32768, 32767).astype("int16"),
+    one_off = dict(good, **{"/relu/Relu_output_0": Tensor((t.data.astype(np.int32) + 1).clip(-32768, 32767).astype("int16"),
                                                           t.exponent, t.dtype)})
     assert bisect.first_divergence(model, good, one_off) is None
-    two_off = dict(good, **{"/relu/Relu_output_0": QTensor((t.data.astype(np.int32) + 2).clip(-32768, 32767).astype("int16"),
+    two_off = dict(good, **{"/relu/Relu_output_0": Tensor((t.data.astype(np.int32) + 2).clip(-32768, 32767).astype("int16"),
                                                           t.exponent, t.dtype)})
     assert bisect.first_divergence(model, good, two_off).stat.node == "/dw/Conv"
-    shifted = dict(good, **{"/relu/Relu_output_0": QTensor(t.data, t.exponent + 1, t.dtype)})
+    shifted = dict(good, **{"/relu/Relu_output_0": Tensor(t.data, t.exponent + 1, t.dtype)})
     div = bisect.first_divergence(model, good, shifted)
     assert div.stat.problem == "exponent"
     assert bisect.first_divergence(model, good, shifted, {"same_exponent": False}).stat.problem is None

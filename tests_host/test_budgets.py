@@ -15,7 +15,7 @@ from quant.board import budgets
 from quant.board.report import write_run_report
 from quant.board.session import BoardOutcome
 from quant.errors import UserError
-from quant.folder import REPO
+from quant.folder import REPO, load_budgets
 
 
 @pytest.fixture
@@ -30,14 +30,14 @@ def test_measure_takes_the_slowest_vectors_median_and_ram_down_to_the_low_water_
 
 
 def test_a_run_within_budget_has_no_problems(models):
-    limits = budgets.load_budgets("int8", models)
+    limits = load_budgets("int8", models)
     assert limits["latency_us"].value == BUDGETS["latency_us"][0] and limits["latency_us"].provenance == "estimated"
     assert budgets.check(budgets.measure(board_run()), limits, tuple(budgets.BUDGETS), claims="measured", variant="int8") == []
 
 
 def test_an_over_budget_latency_names_budget_provenance_measurement_and_excess(models):
     run = board_run(med_us=(12000, 15400, 11000, 12100))
-    problems = budgets.check(budgets.measure(run), budgets.load_budgets("int8", models), ("latency_us",),
+    problems = budgets.check(budgets.measure(run), load_budgets("int8", models), ("latency_us",),
                              claims="measured", variant="int8")
     assert len(problems) == 1
     text = problems[0]
@@ -48,7 +48,7 @@ def test_an_over_budget_latency_names_budget_provenance_measurement_and_excess(m
 
 def test_over_budget_memory_on_a_virtual_board_says_it_is_not_a_measurement(models):
     run = board_run(board="virtual", low=(300000, 8040000))
-    problems = budgets.check(budgets.measure(run), budgets.load_budgets("int8", models),
+    problems = budgets.check(budgets.measure(run), load_budgets("int8", models),
                              ("internal_ram_bytes", "psram_bytes", "flash_bytes"), claims="virtual", variant="int8")
     assert len(problems) == 1 and "80000 bytes (virtual board: derived from the .info estimate, not measured)" in problems[0]
     assert "budgets.internal_ram_bytes = 60000" in problems[0] and "by 20000 bytes" in problems[0]
@@ -58,7 +58,7 @@ def test_a_missing_budget_is_a_user_error(models):
     info = models / "gesture_model_int8" / "gesture_model_int8.info"
     info.write_text(info.read_text().replace("[budgets.psram_bytes]", "[budgets.other]"))
     with pytest.raises(UserError, match=r"no \[budgets.psram_bytes\] value"):
-        budgets.load_budgets("int8", models)
+        load_budgets("int8", models)
 
 
 def report_of(models, tmp_path, board="chip", sha=None):

@@ -3,7 +3,9 @@ names the vector, the tensor, the element and the LSB difference."""
 
 import pytest
 
-from quant.board.judge import InputSeen, Tensor, compare_outputs
+from quant.board.judge import compare_outputs
+from quant.board.protocol import Input
+from quant.tensor import Tensor
 
 TOL = {"int8_lsb": 0, "int16_lsb": 1, "same_exponent": True, "same_top1": True, "reason": None}
 CFG = {"input": {"name": "image", "dtype": "int8", "exponent": -7}, "outputs": [{"name": "logits"}], "tolerance": TOL}
@@ -18,8 +20,8 @@ def reference(dtype="int8", exponent=-4, rows=LOGITS):
 
 
 def board(dtype="int8", exponent=-4, rows=LOGITS):
-    outputs = {i: {"logits": Tensor(dtype, (1, len(r)), exponent, tuple(r))} for i, r in enumerate(rows)}
-    inputs = {i: InputSeen(f"vec{i}", -7, "int8") for i in range(len(rows))}
+    outputs = {i: {"logits": Tensor.of(dtype, (1, len(r)), exponent, r)} for i, r in enumerate(rows)}
+    inputs = {i: Input(f"vec{i}", -7, "int8") for i in range(len(rows))}
     return outputs, inputs
 
 
@@ -71,7 +73,7 @@ def test_first_differences_are_listed_in_order_and_capped():
     bad = [[v + 1 for v in rows[0]]]
     big = {"format": 1, "outputs": [{"vector": 0, "name": "z", "top1": 0, "tensors": {"x": {
         "dtype": "int8", "shape": [1, 4, 4, 4], "exponent": 0, "data": rows[0]}}}]}
-    got = {0: {"x": Tensor("int8", (1, 4, 4, 4), 0, tuple(bad[0]))}}
+    got = {0: {"x": Tensor.of("int8", (1, 4, 4, 4), 0, bad[0])}}
     text = compare_outputs("int8", got, {}, big, {"tolerance": TOL}).message(TOL)
     assert "64 of 64 elements differ" in text
     assert "[0] (0, 0, 0, 0): 1 vs 0 (+1 LSB)" in text and "[5] (0, 0, 1, 1)" not in text
@@ -80,7 +82,7 @@ def test_first_differences_are_listed_in_order_and_capped():
 
 def test_the_input_exponent_the_board_used_must_be_the_models():
     outputs, inputs = board()
-    inputs[1] = InputSeen("vec1", -6, "int8")
+    inputs[1] = Input("vec1", -6, "int8")
     verdict = compare_outputs("int8", outputs, inputs, reference(), CFG)
     assert verdict.bad_vectors == [1]
     assert "input quantized with exponent -6 on the board, the model's input exponent is -7" in verdict.message()
@@ -89,8 +91,8 @@ def test_the_input_exponent_the_board_used_must_be_the_models():
 @pytest.mark.parametrize("mutate, words", [
     (lambda o: o.pop(2), "vector 2 'vec2': the board printed no output"),
     (lambda o: o[0].pop("logits"), "tensor 'logits': missing on the board"),
-    (lambda o: o.__setitem__(0, {"logits": Tensor("int16", (1, 7), -4, tuple(LOGITS[0]))}), "dtype int16 on the board"),
-    (lambda o: o.__setitem__(0, {"logits": Tensor("int8", (7,), -4, tuple(LOGITS[0]))}), "shape 7 on the board, 1x7"),
+    (lambda o: o.__setitem__(0, {"logits": Tensor.of("int16", (1, 7), -4, LOGITS[0])}), "dtype int16 on the board"),
+    (lambda o: o.__setitem__(0, {"logits": Tensor.of("int8", (7,), -4, LOGITS[0])}), "shape 7 on the board, 1x7"),
 ])
 def test_missing_or_reshaped_outputs_fail(mutate, words):
     outputs, inputs = board()

@@ -55,7 +55,7 @@ def test_filter_unpacking_undoes_esp_ppq_packing(esp_ppq_layout, n, c, k, group,
     dtype = "int16" if quant_type == "S16" else "int8"
     w = np.random.default_rng(n * 100 + c).integers(-100, 100, size=(n, c, k, k)).astype(np.float32)
     packed, layout = esp_ppq_layout(w, quant_type, group)
-    t = espdl.Tensor("w", dtype, tuple(packed.shape), (-7,), packed.reshape(-1).astype(dtype), layout)
+    t = espdl.StoredTensor("w", dtype, tuple(packed.shape), (-7,), packed.reshape(-1).astype(dtype), layout)
     np.testing.assert_array_equal(unpack_filter(t, group, dtype), w.transpose(0, 2, 3, 1))
 
 
@@ -87,7 +87,7 @@ def _variant_or_skip(variant):
 
 
 def _run_variant(variant, simulator_arithmetic: bool):
-    from quant.variants.vectors import load_vectors
+    from quant.folder import load_vectors
 
     espdl_path, cfg_path, ref_path = _variant_or_skip(variant)
     model = espdl.load(espdl_path)
@@ -100,8 +100,7 @@ def _run_variant(variant, simulator_arithmetic: bool):
         for n in res.notes:
             notes.setdefault(n.node, n.message)
         got = {o.name: res.tensors[o.name] for o in model.outputs}
-        outputs[i] = {name: compare.Tensor(q.dtype, tuple(q.data.shape), q.exponent, tuple(q.data.reshape(-1).tolist()))
-                      for name, q in got.items()}
+        outputs[i] = got
         for name, t in reference["outputs"][i]["tensors"].items():
             worst = max(worst, int(np.abs(got[name].data.reshape(-1).astype(np.int64) - np.asarray(t["data"])).max()))
     verdict = compare.compare_outputs(variant, outputs, {}, reference, cfg)
@@ -114,7 +113,7 @@ def _int16_layers(model):
 
 def _xfail_if_known(request, variant, verdict, cfg, model, chip_notes=None):
     """Mark the running test as an expected failure when the mismatch is one of the documented ESP-DL vs
-    simulator differences (README.md, 'Reading, running and bisecting .espdl files'); the reason lands in the test summary (not silent)."""
+    simulator differences (docs/espdl-tools.md, 'Known differences between ESP-DL and the PPQ simulator'); the reason lands in the test summary (not silent)."""
     if verdict.ok:
         return
     sim_verdict, _, _, _, sim_worst = _run_variant(variant, simulator_arithmetic=True)

@@ -6,6 +6,7 @@ import pytest
 import opgen
 from quant.espdl.reader import load
 from quant.espdl.verify import verify_model
+from quant.tensor import Tensor
 
 SMALL = [name for name, case in opgen.CASES.items() if "model" not in case.marks]
 LAYERWISE = "chain_all_values_mixed"  # embeds every intermediate tensor
@@ -89,15 +90,14 @@ def test_float32_nodes_run_in_float_and_compare_nan_equal_nan(models, name):
     checks, _ = verify_model(model)
     assert [c.ok for c in checks] == [True] and checks[0].max_abs <= 2e-5
     # the rule can fail: a number where ESP-DL has NaN, and a value off by more than 2e-5
-    from quant.espdl.interpreter import QTensor
     data = np.asarray(expected.data, np.float32).reshape(expected.dims).copy()
     nan_at = np.flatnonzero(np.isnan(data))[0]
     bad = data.copy().reshape(-1)
     bad[nan_at] = 0.0
-    assert compare("y", QTensor(bad.reshape(data.shape), 0, "float32"), expected).mismatches == 1
+    assert compare("y", Tensor(bad.reshape(data.shape), 0, "float32"), expected).mismatches == 1
     bad = data.copy().reshape(-1)
     num_at = np.flatnonzero(~np.isnan(bad))[0]
     bad[num_at] += 1e-4
-    c = compare("y", QTensor(bad.reshape(data.shape), 0, "float32"), expected)
+    c = compare("y", Tensor(bad.reshape(data.shape), 0, "float32"), expected)
     assert c.mismatches == 1 and not c.ok and abs(c.max_abs - 1e-4) < 1e-5
 

@@ -11,7 +11,7 @@ from quant.variants import data
 
 from quant.variants import vectors
 from quant.errors import UserError
-from quant.folder import MODELS, VECTORS_BIN, VECTORS_META
+from quant.folder import MODELS, VECTORS_BIN, VECTORS_META, load_vectors
 
 
 def test_committed_vectors_match_make_vectors_byte_for_byte():
@@ -24,7 +24,7 @@ def test_committed_vectors_match_make_vectors_byte_for_byte():
 
 
 def test_vectors_are_a_small_set_of_unit_range_images_with_a_gesture_first():
-    x, meta = vectors.load_vectors()
+    x, meta = load_vectors()
     assert 8 <= len(x) <= 12 and x.shape[1:] == (1, 96, 96) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert meta[0]["kind"] == "gesture"
@@ -35,7 +35,7 @@ def test_vectors_are_a_small_set_of_unit_range_images_with_a_gesture_first():
 
 
 def test_gesture_vectors_are_heldout_images_with_their_labels():
-    x, meta = vectors.load_vectors()
+    x, meta = load_vectors()
     hx, hy = data.heldout(max(vectors.GESTURE_INDICES) + 1)
     for k, i in enumerate(vectors.GESTURE_INDICES):
         assert np.array_equal(x[k], hx[i]) and meta[k]["label"] == int(hy[i])
@@ -48,19 +48,19 @@ def test_a_tampered_vector_file_is_a_user_error(tmp_path):
     raw[100] ^= 1
     (tmp_path / vectors.BIN_NAME).write_bytes(bytes(raw))
     with pytest.raises(UserError, match="does not match the sha256"):
-        vectors.load_vectors(tmp_path)
+        load_vectors(tmp_path)
 
 
 def test_a_truncated_vector_file_is_a_user_error(tmp_path):
     shutil.copy(MODELS / vectors.META_NAME, tmp_path / vectors.META_NAME)
     (tmp_path / vectors.BIN_NAME).write_bytes(VECTORS_BIN.read_bytes()[:-4])
     with pytest.raises(UserError, match="bytes, expected"):
-        vectors.load_vectors(tmp_path)
+        load_vectors(tmp_path)
 
 
 def test_missing_vector_files_are_a_user_error(tmp_path):
     with pytest.raises(UserError, match="is missing"):
-        vectors.load_vectors(tmp_path)
+        load_vectors(tmp_path)
 
 
 def _image_folder(root, per_class=(3, 2)):
@@ -77,7 +77,7 @@ def test_quant_vectors_takes_the_users_images_first_then_the_patterns(tmp_path, 
     imgs = _image_folder(tmp_path / "imgs")
     proc = quant_cli("vectors", "--data", str(imgs), "--count", "3", "--models-dir", str(tmp_path / "mine"))
     assert proc.returncode == 0, proc.stderr
-    x, meta = vectors.load_vectors(tmp_path / "mine")
+    x, meta = load_vectors(tmp_path / "mine")
     assert [m["kind"] for m in meta] == ["image"] * 3 + ["pattern"] * 5
     assert [m["label"] for m in meta[:3]] == [0, 1, 0]  # one class after the other; vector 0 is a user image
     assert x.shape == (8, 1, 96, 96) and "embedded self-test input" in proc.stdout

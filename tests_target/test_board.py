@@ -10,7 +10,7 @@ import hashlib
 import pytest
 
 from quant.board import budgets
-from quant.folder import VARIANTS, variant_file
+from quant.folder import VARIANTS, load_budgets, variant_file
 
 pytestmark = [pytest.mark.board, pytest.mark.esp32s3, pytest.mark.parametrize("config", VARIANTS, indirect=True)]
 
@@ -49,14 +49,14 @@ def test_selftest_passed(board):
 def test_latency_within_budget(board):
     if board.claims == "emulated":
         pytest.skip(f"{board.variant}: latency on an emulated board is emulator time, not chip time: not gated")
-    problems = budgets.check(budgets.measure(board.run), budgets.load_budgets(board.variant, board.models), ("latency_us",),
+    problems = budgets.check(budgets.measure(board.run), load_budgets(board.variant, board.models), ("latency_us",),
                              claims=board.claims, variant=board.variant)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 
 
 def test_memory_within_budget(board):
-    problems = budgets.check(budgets.measure(board.run), budgets.load_budgets(board.variant, board.models),
+    problems = budgets.check(budgets.measure(board.run), load_budgets(board.variant, board.models),
                              ("internal_ram_bytes", "psram_bytes", "flash_bytes"),
                              claims=board.claims, variant=board.variant)
     if problems:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from quant.errors import UserError
-from quant.folder import (  # noqa: F401  (Budget, BUDGETS, load_budgets, rewrite_budgets: the .info lives in quant.folder)
+from quant.folder import (  # the .info and its budgets are read and written by quant.folder
     BUDGETS,
     MODELS,
     VARIANTS,

@@ -33,7 +33,7 @@ FIRMWARE_SOURCES = (
 )
 INSTALL_HINT = (
     "install ESP-IDF >= 5.3 and export it in this shell ('. $IDF_PATH/export.sh'); "
-    "see README.md, 'The ESP32-S3 test app'"
+    "see docs/firmware.md, 'Building'"
 )
 
 

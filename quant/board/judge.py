@@ -1,41 +1,31 @@
 """Hold a board's output tensors to the PPQ simulator's reference, under the variant's tolerance.
 
 Inputs are plain data so the comparison can be tested without a board:
-- board outputs: `{vector index: {tensor name: Tensor}}` and the `INPUT` lines as
-  `{vector index: InputSeen}` (see `from_board_run`);
+- board outputs: `{vector index: {tensor name: quant.tensor.Tensor}}` and the `INPUT` lines as
+  `{vector index: quant.board.protocol.Input}` (a `BoardRun`'s `tensors` and `inputs`);
 - the reference: `gesture_model_<v>.reference.json` (simulator integers per vector);
 - the model config: `gesture_model_<v>.json` (`tolerance`, `input.exponent`, `outputs`).
 
-The tolerance (README.md, 'Producing the variants'): int8 elements within `int8_lsb` (default 0: bit-exact), int16
-within `int16_lsb` (default 1), same exponent, same dtype and shape, same top-1 class.
-A mismatch message names the vector (index and name), the tensor, the element (flat index and NHWC
-coordinate), the LSB difference, and the first few differences.
+The tolerance (quant.tensor.Tolerance; docs/quantization.md, 'Producing the variants'): int8 elements within
+`int8_lsb` (default 0: bit-exact), int16 within `int16_lsb` (default 1), same exponent, same dtype and shape,
+same top-1 class. Elements are compared by quant.tensor.diff. A mismatch message names the vector (index and
+name), the tensor, the element (flat index and NHWC coordinate), the LSB difference, and the first few
+differences.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import numpy as np
 
-from quant.folder import MODELS, load_expectations  # noqa: F401  (the variant folder is read by quant.folder)
+from quant.board.protocol import Input
+from quant.folder import MODELS, load_expectations
+from quant.tensor import Tensor, Tolerance, diff
 
 FIRST_DIFFERENCES = 5  # differences listed per tensor in a failure message
-
-
-class Tensor(NamedTuple):
-    dtype: str
-    shape: tuple[int, ...]
-    exponent: int
-    data: tuple[int, ...]
-
-
-class InputSeen(NamedTuple):
-    name: str
-    exponent: int
-    dtype: str
 
 
 @dataclass
@@ -57,21 +47,9 @@ class Verdict:
             return f"{self.variant}: {self.tensors} output tensors on {self.vectors} vectors match the simulator"
         head = (
             f"{self.variant}: the board's outputs differ from the PPQ simulator's "
-            f"({len(self.bad_vectors)} of {self.vectors} vectors; tolerance: {describe_tolerance(tolerance or {})})"
+            f"({len(self.bad_vectors)} of {self.vectors} vectors; tolerance: {Tolerance.of(tolerance).describe()})"
         )
         return "\n".join([head, *self.problems])
-
-
-def describe_tolerance(tol: Mapping[str, Any]) -> str:
-    i8, i16 = int(tol.get("int8_lsb", 0)), int(tol.get("int16_lsb", 1))
-    parts = ["int8 bit-exact" if i8 == 0 else f"int8 within {i8} LSB", f"int16 within {i16} LSB"]
-    if tol.get("same_exponent", True):
-        parts.append("same exponent")
-    if tol.get("same_top1", True):
-        parts.append("same top-1")
-    if tol.get("reason"):
-        parts.append(f"loosened because: {tol['reason']}")
-    return ", ".join(parts)
 
 
 def reference_tensors(reference: Mapping[str, Any]) -> dict[int, tuple[str, dict[str, Tensor], int | None]]:
@@ -79,37 +57,11 @@ def reference_tensors(reference: Mapping[str, Any]) -> dict[int, tuple[str, dict
     out = {}
     for entry in reference["outputs"]:
         tensors = {
-            name: Tensor(t["dtype"], tuple(int(d) for d in t["shape"]), int(t["exponent"]), tuple(int(v) for v in t["data"]))
+            name: Tensor.of(t["dtype"], t["shape"], t["exponent"], t["data"], name)
             for name, t in entry["tensors"].items()
         }
         out[int(entry["vector"])] = (str(entry.get("name", "")), tensors, entry.get("top1"))
     return out
-
-
-# float32 tensors (esp-ppq quant_type F32 nodes): ESP-DL's model->test() accepts |diff| <= 2e-5 absolute and
-# counts NaN == NaN as equal (esp-dl/dl/model/src/dl_model_base.cpp:501, dl/tensor/src/dl_tensor_base.cpp:898-929).
-FLOAT_ATOL = 2e-5
-
-
-def float_mismatches(got: np.ndarray, expected: np.ndarray, atol: float = FLOAT_ATOL) -> tuple[float, np.ndarray]:
-    """(worst |diff| where both are numbers, bool mask of elements beyond `atol`); NaN == NaN, NaN != number."""
-    g, e = np.asarray(got, np.float64), np.asarray(expected, np.float64)
-    gn, en = np.isnan(g), np.isnan(e)
-    with np.errstate(invalid="ignore"):
-        diff = np.where(gn | en, 0.0, np.abs(g - e))
-    bad = (gn != en) | (diff > atol)
-    return float(diff.max()) if diff.size else 0.0, bad
-
-
-def allowed_lsb(dtype: str, tol: Mapping[str, Any] | None = None) -> int:
-    """How many LSB an element of `dtype` may differ under a variant's tolerance; without one, ESP-DL's
-    own model->test() rule (int16 within 1 LSB, everything else exact)."""
-    tol = tol or {}
-    if dtype == "int8":
-        return int(tol.get("int8_lsb", 0))
-    if dtype == "int16":
-        return int(tol.get("int16_lsb", 1))
-    return 0  # int32 / anything else: exact
 
 
 def _coordinate(flat: int, shape: tuple[int, ...]) -> str:
@@ -127,56 +79,55 @@ def _top1_tensor_name(cfg: Mapping[str, Any], names: list[str]) -> str | None:
 
 def _argmax(t: Tensor) -> int:
     """Top-1 class: the first index of the largest value (real = int * 2^exp; one exponent per tensor)."""
-    return int(np.argmax(np.asarray(t.data, dtype=np.int64)))
+    return int(np.argmax(np.asarray(t.data).reshape(-1)))
 
 
-def _compare_tensor(label: str, board: Tensor, ref: Tensor, tol: Mapping[str, Any]) -> str | None:
+def _compare_tensor(label: str, board: Tensor, ref: Tensor, tol: Tolerance) -> str | None:
     if board.dtype != ref.dtype:
         return f"{label}: dtype {board.dtype} on the board, {ref.dtype} in the simulator"
-    if tuple(board.shape) != tuple(ref.shape):
+    if board.shape != ref.shape:
         return f"{label}: shape {'x'.join(map(str, board.shape))} on the board, {'x'.join(map(str, ref.shape))} in the simulator"
-    if tol.get("same_exponent", True) and board.exponent != ref.exponent:
+    d = diff(board, ref, tol)
+    if d.problem == "exponent":
         return (
             f"{label}: exponent {board.exponent} on the board, {ref.exponent} in the simulator "
             f"(the chip scales this output by 2^{board.exponent}, the model says 2^{ref.exponent})"
         )
-    b = np.asarray(board.data, dtype=np.int64)
-    r = np.asarray(ref.data, dtype=np.int64)
-    if b.size != r.size:
-        return f"{label}: {b.size} elements on the board, {r.size} in the simulator"
-    if board.exponent != ref.exponent:  # tolerated: compare on the finer grid
-        e = min(board.exponent, ref.exponent)
-        b, r = b << (board.exponent - e), r << (ref.exponent - e)
-    diff = b - r
-    allowed = allowed_lsb(ref.dtype, tol)
-    bad = np.flatnonzero(np.abs(diff) > allowed)
-    if bad.size == 0:
+    if d.ok:
         return None
-    worst = int(bad[np.argmax(np.abs(diff[bad]))])
-    allowed_text = "bit-exact" if allowed == 0 else f"within {allowed} LSB"
+    delta = d.delta()
+    worst = d.worst_index()
+    allowed_text = "bit-exact" if d.allowed == 0 else f"within {d.allowed:g} {'' if d.is_float else 'LSB'}".rstrip()
+    unit = "" if d.is_float else " LSB"
     lines = [
         f"{label} ({ref.dtype} {'x'.join(map(str, ref.shape))}, exp {ref.exponent}): "
-        f"{bad.size} of {r.size} elements differ beyond tolerance ({allowed_text}); "
-        f"worst: element {worst} at NHWC {_coordinate(worst, ref.shape)}, {int(diff[worst]):+d} LSB",
+        f"{d.mismatches} of {d.size} elements differ beyond tolerance ({allowed_text}); "
+        f"worst: element {worst} at NHWC {_coordinate(worst, ref.shape)}, {_num(delta[worst], True)}{unit}",
         "    first differences (flat index, NHWC coordinate: board vs simulator):",
     ]
-    for i in bad[:FIRST_DIFFERENCES]:
+    for i in d.bad[:FIRST_DIFFERENCES]:
         i = int(i)
-        lines.append(f"      [{i}] {_coordinate(i, ref.shape)}: {int(b[i])} vs {int(r[i])} ({int(diff[i]):+d} LSB)")
-    if bad.size > FIRST_DIFFERENCES:
-        lines.append(f"      ... and {bad.size - FIRST_DIFFERENCES} more")
+        lines.append(f"      [{i}] {_coordinate(i, ref.shape)}: {_num(d.a[i])} vs {_num(d.b[i])} ({_num(delta[i], True)}{unit})")
+    if d.mismatches > FIRST_DIFFERENCES:
+        lines.append(f"      ... and {d.mismatches - FIRST_DIFFERENCES} more")
     return "\n".join(lines)
+
+
+def _num(v, signed: bool = False) -> str:
+    if float(v).is_integer():
+        return f"{int(v):+d}" if signed else str(int(v))
+    return f"{float(v):+.6g}" if signed else f"{float(v):.6g}"
 
 
 def compare_outputs(
     variant: str,
     board_outputs: Mapping[int, Mapping[str, Tensor]],
-    board_inputs: Mapping[int, InputSeen],
+    board_inputs: Mapping[int, Input],
     reference: Mapping[str, Any],
     cfg: Mapping[str, Any],
 ) -> Verdict:
     """Compare every vector of the reference with what the board printed."""
-    tol = cfg.get("tolerance") or {}
+    tol = Tolerance.of(cfg.get("tolerance"))
     ref = reference_tensors(reference)
     verdict = Verdict(variant, vectors=len(ref))
     bad: dict[int, list[str]] = {}
@@ -220,9 +171,9 @@ def compare_outputs(
             if text:
                 problem(vec, text)
         top_name = _top1_tensor_name(cfg, list(ref_tensors))
-        if tol.get("same_top1", True) and top_name and top_name in got and got[top_name].data:
+        if tol.same_top1 and top_name and top_name in got and got[top_name].size:
             board_top1 = _argmax(got[top_name])
-            sim_top1 = _argmax(ref_tensors[top_name]) if ref_tensors[top_name].data else ref_top1
+            sim_top1 = _argmax(ref_tensors[top_name]) if ref_tensors[top_name].size else ref_top1
             if sim_top1 is not None and board_top1 != int(sim_top1):
                 problem(vec, f"{where}: top-1 class {board_top1} on the board, {sim_top1} in the simulator")
     for vec in sorted(bad):
@@ -231,22 +182,7 @@ def compare_outputs(
     return verdict
 
 
-def from_board_run(run: Any) -> tuple[dict[int, dict[str, Tensor]], dict[int, InputSeen]]:
-    """Adapt a `quant.board.protocol.BoardRun` to the plain mappings `compare_outputs` takes."""
-    outputs = {
-        int(vec): {
-            name: Tensor(t.dtype, tuple(int(d) for d in t.shape), int(t.exponent),
-                         tuple(int(v) for v in np.asarray(t.data).reshape(-1).tolist()))
-            for name, t in tensors.items()
-        }
-        for vec, tensors in run.tensors.items()
-    }
-    inputs = {int(vec): InputSeen(i.name, int(i.exponent), i.dtype) for vec, i in run.inputs.items()}
-    return outputs, inputs
-
-
 def compare_run(run: Any, variant: str, models: Path = MODELS) -> tuple[Verdict, dict]:
     """Compare a BoardRun with the committed reference of `variant`. Returns (verdict, tolerance)."""
     reference, cfg = load_expectations(variant, models)
-    outputs, inputs = from_board_run(run)
-    return compare_outputs(variant, outputs, inputs, reference, cfg), cfg.get("tolerance") or {}
+    return compare_outputs(variant, run.tensors, run.inputs, reference, cfg), cfg.get("tolerance") or {}

@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from quant.tensor import Tensor
+
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1024  # from '@' to the last checksum digit, newline excluded
 MAX_TENSOR_ELEMENTS_PER_LINE = 64
@@ -332,18 +334,6 @@ def _check_tensor_line(f: dict[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
-class Tensor:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    exponent: int
-    data: np.ndarray  # integers, reshaped to `shape`; real value = data * 2**exponent
-
-    def real(self) -> np.ndarray:
-        return self.data.astype(np.float64) * 2.0 ** self.exponent
-
-
-@dataclass(frozen=True)
 class Memory:
     internal_free: int
     psram_free: int
@@ -541,7 +531,7 @@ class _TensorBuilder:
         return f"{gaps.size} of {self.total} elements missing (first missing: element {gaps[0]})"
 
     def tensor(self) -> Tensor:
-        return Tensor(self.name, self.dtype, self.shape, self.exp, self.data.reshape(self.shape))
+        return Tensor(self.data.reshape(self.shape), self.exp, self.dtype, self.name)
 
 
 class TranscriptParser:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from quant.board import budgets as _budgets
-from quant.folder import VARIANTS, variant_file
+from quant.folder import BUDGETS, VARIANTS, load_budgets, variant_file
 
 FORMAT = 1
 TESTS = (
@@ -73,7 +73,7 @@ def variant_entry(outcome: Any, results: Mapping[str, tuple[str, str]] | None = 
     measured = _budgets.measure(run)
     entry["measurements"] = measured
     try:
-        limits = _budgets.load_budgets(outcome.variant, outcome.models)
+        limits = load_budgets(outcome.variant, outcome.models)
     except Exception as exc:  # noqa: BLE001  (the budget tests fail with it; the report says so)
         entry["problems"].append(str(exc))
         return entry
@@ -170,7 +170,7 @@ def markdown(report: dict) -> str:
         if e.get("outputs"):
             out.append(f"- outputs: {e['outputs']['verdict']}")
         for name, b in (e.get("budgets") or {}).items():
-            what, unit = _budgets.BUDGETS[name]
+            what, unit = BUDGETS[name]
             label = "virtual estimate" if e["board"] == "virtual" else "measured"
             out.append(f"- {name}: {b['measured']} {unit} ({label}) vs budget {b['value']} "
                        f"({b['provenance']}{', ' + b['method'] if b['method'] else ''})")
@@ -202,11 +202,11 @@ def chart(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(_budgets.BUDGETS)
+    names = list(BUDGETS)
     variants = list(report["variants"])
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6))
     for ax, name in zip(axes, names):
-        what, unit = _budgets.BUDGETS[name]
+        what, unit = BUDGETS[name]
         for i, v in enumerate(variants):
             e = report["variants"][v]
             b = (e.get("budgets") or {}).get(name)

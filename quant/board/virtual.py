@@ -15,8 +15,8 @@ deterministic jitter, never measurements. `FAULTS` injects every fault a bench s
 
 Library: `with start("int8", fault="panic", models_dir=DIR) as proc: ... proc.port ...`;
 quant.board.boards.VirtualBoard is the board the target tests use.
-This module imports only the standard library at import time (numpy only when the interpreter runs),
-so the board starts in a fraction of a second.
+The .espdl is read and interpreted lazily (when a run first needs an output), so the board answers its
+first reset in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quant.board.judge import allowed_lsb, load_expectations
-from quant.errors import UserError
-from quant.folder import MODELS, REPO, VARIANTS, load_budgets, load_vectors, variant_file
-from quant.espdl import reader
-from quant.espdl import interpreter
+import numpy as np
+
 from quant.board.protocol import Emitter
+from quant.errors import UserError
+from quant.espdl import interpreter, reader
+from quant.folder import MODELS, REPO, VARIANTS, load_budgets, load_expectations, load_vectors, variant_file
+from quant.tensor import Tensor, Tolerance, diff
 
 FAULTS: dict[str, str] = {
     "none": "a correct board",
@@ -81,15 +82,6 @@ VECTORS_FIX = ("make them with `quant vectors --data IMAGES --models-dir {dir}` 
 
 
 @dataclass
-class Tensor:
-    name: str
-    dtype: str
-    shape: list[int]
-    exponent: int
-    data: list[int]
-
-
-@dataclass
 class VariantData:
     variant: str
     espdl_bytes: bytes
@@ -105,7 +97,7 @@ class VariantData:
     internal_budget: int
     psram_basis: int
     psram_budget: int
-    tolerance: dict
+    tolerance: Tolerance
     embedded: dict[str, Tensor] = field(default_factory=dict)  # the .espdl's test outputs (vector 0)
     interpreter: Interpreted | None = None  # computes outputs and intermediates from the .espdl
     source: str = "interpreter"  # where outputs come from (BOOT source=, SELFTEST basis=): always computed
@@ -153,7 +145,7 @@ def load_variant(variant: str, models_dir: Path = MODELS, fault: str = "none") -
         names = [o["name"] for o in reference["outputs"]]
         ref_outputs = [
             [
-                Tensor(n, t["dtype"], [int(d) for d in t["shape"]], int(t["exponent"]), [int(v) for v in t["data"]])
+                Tensor.of(t["dtype"], t["shape"], t["exponent"], t["data"], n)
                 for n, t in o["tensors"].items()
             ]
             for o in reference["outputs"]
@@ -162,7 +154,7 @@ def load_variant(variant: str, models_dir: Path = MODELS, fault: str = "none") -
         if not ref_outputs or not all(ref_outputs):
             raise ValueError("no vectors")
     except (KeyError, TypeError, ValueError):
-        raise UserError(f"{ref_path} or {json_path} does not follow README.md, 'Producing the variants'; rebuild with `quant build`") from None
+        raise UserError(f"{ref_path} or {json_path} does not follow docs/quantization.md, 'Producing the variants'; rebuild with `quant build`") from None
     lat = _basis_and_value(limits["latency_us"])
     ram = _basis_and_value(limits["internal_ram_bytes"])
     psram = _basis_and_value(limits["psram_bytes"])
@@ -174,14 +166,14 @@ def load_variant(variant: str, models_dir: Path = MODELS, fault: str = "none") -
         input_dtype=str(inp.get("dtype", "int8")),
         vector_names=names,
         output_names=[t.name for t in ref_outputs[0]],
-        output_size=len(ref_outputs[0][0].data),
+        output_size=ref_outputs[0][0].size,
         latency_basis_us=lat[0],
         latency_budget_us=lat[1],
         internal_basis=ram[0],
         internal_budget=ram[1],
         psram_basis=psram[0],
         psram_budget=psram[1],
-        tolerance=dict(config.get("tolerance") or {}),
+        tolerance=Tolerance.of(config.get("tolerance")),
     )
     data.interpreter = Interpreted.open(data, espdl_path, models_dir, fault)  # first: the folder's own vectors
     data.embedded = _embedded_test_outputs(espdl, espdl_path)
@@ -199,8 +191,7 @@ def _embedded_test_outputs(espdl: bytes, path: Path) -> dict[str, Tensor]:
 
     model = reader.loads(espdl, name=str(path), path=path)
     return {
-        name: Tensor(name, t.dtype, list(t.dims), t.exponent, [int(v) for v in t.data.reshape(-1)])
-        for name, t in model.test_outputs.items()
+        name: t.tensor() for name, t in model.test_outputs.items()
     }
 
 
@@ -253,7 +244,7 @@ class Interpreted:
             def hook(n, outs, name=node.name):  # a broken kernel: this node's outputs, every later node reads them
                 if n.name != name:
                     return outs
-                return [interpreter.QTensor(_perturb_array(q.data, q.dtype), q.exponent, q.dtype) for q in outs]
+                return [q.replace(data=_perturb_array(q.data, q.dtype)) for q in outs]
 
         return interpreter.Interpreter(model, node_hook=hook)  # exact_average=False: the chip's arithmetic
 
@@ -283,10 +274,9 @@ class Interpreted:
         return self.fault_value
 
 
-def _tensor(name: str, q) -> Tensor:
-    """A quant.espdl.interpreter.QTensor as the board prints it (shape as held, NHWC)."""
-    return Tensor(name, str(q.dtype), [int(d) for d in q.data.shape], int(q.exponent),
-                  [int(v) for v in q.data.reshape(-1)])
+def _tensor(name: str, q: Tensor) -> Tensor:
+    """An interpreter value as the board prints it (shape as held, NHWC), under its graph name."""
+    return q.replace(name=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,15 +405,17 @@ class App:
         return text.splitlines(keepends=True)
 
     def _outputs(self, vec: int) -> list[Tensor]:
-        tensors = [Tensor(t.name, t.dtype, t.shape, t.exponent, list(t.data)) for t in self.data.outputs(vec)]
+        tensors = list(self.data.outputs(vec))
         t = tensors[0]
         if self.fault == "off_by_one" and vec == self.fault_vector:
-            lsb = int(self.data.tolerance.get(f"{t.dtype}_lsb", 0)) + 1  # int8: 1; beyond tolerance
+            lsb = self.data.tolerance.allowed_lsb(t.dtype) + 1  # int8: 1; beyond tolerance
             hi = (1 << (int(t.dtype[3:]) - 1)) - 1 if t.dtype.startswith("int") else 127
-            i = self.fault_element
-            t.data[i] = t.data[i] + lsb if t.data[i] + lsb <= hi else t.data[i] - lsb
+            data = np.array(t.data, dtype=np.int64)  # a copy: the computed outputs stay as they are
+            flat, i = data.reshape(-1), self.fault_element
+            flat[i] = flat[i] + lsb if flat[i] + lsb <= hi else flat[i] - lsb
+            tensors[0] = t.replace(data=data)
         if self.fault == "wrong_exponent" and vec == self.fault_vector:
-            t.exponent += 1
+            tensors[0] = t.replace(exponent=t.exponent + 1)
         return tensors  # layer_fault is computed inside the interpreter (its node hook), not painted on
 
     @property
@@ -493,14 +485,7 @@ class App:
         if not self.data.embedded:
             return False
         board = {t.name: t for t in self._outputs(0)}
-        for name, want in self.data.embedded.items():
-            got = board.get(name)
-            if got is None or (got.dtype, got.exponent, len(got.data)) != (want.dtype, want.exponent, len(want.data)):
-                return False
-            lsb = allowed_lsb(want.dtype)
-            if any(abs(a - b) > lsb for a, b in zip(got.data, want.data, strict=True)):
-                return False
-        return True
+        return all(name in board and diff(board[name], want).ok for name, want in self.data.embedded.items())
 
     def _end(self, vectors: int, tensors: int, ok: bool) -> str:
         return self._chatty(self.emitter.end_line(vectors, tensors, ok))  # END is not counted: it carries the count
@@ -509,7 +494,6 @@ class App:
 def _perturb_array(data, dtype: str):
     """A broken kernel inside the interpreter: every element off by 8..30 LSB (deterministic, in
     range), large enough that the error survives the following layers to the outputs."""
-    import numpy as np  # noqa: PLC0415
 
     flat = data.reshape(-1).astype(np.int64)
     hi = (1 << (int(dtype[3:]) - 1)) - 1

@@ -12,21 +12,25 @@ Sources of per-layer tensors (named after the .espdl's values, NHWC ints + expon
 
 Library API (used by the target tests and the virtual board): `first_divergence(model, a, b, tolerance)`,
 `layer_stats(model, a, b, tolerance)` and `format_report(model, a, b, tolerance, ...)`, where a and b map value
-names to anything with `data` (ints), `exponent` and `dtype` (interpreter.QTensor, protocol.Tensor).
+names to quant.tensor.Tensor (what the interpreter computes and the protocol parser reads); `tolerance` is a
+quant.tensor.Tolerance or a variant .json's 'tolerance' mapping, compared by quant.tensor.diff (values with
+different exponents on the finer grid).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from quant.board.judge import allowed_lsb
+from quant.board import protocol
 from quant.errors import UserError
-from quant.espdl.interpreter import Interpreter, QTensor
+from quant.espdl.interpreter import Interpreter
 from quant.espdl.reader import load
-
-DEFAULT_TOLERANCE = {"int8_lsb": 0, "int16_lsb": 1, "same_exponent": True}
+from quant.folder import load_vectors
+from quant.tensor import diff
 
 
 @dataclass
@@ -39,7 +43,7 @@ class LayerStat:
     shape: tuple[int, ...]
     exponent_a: int
     exponent_b: int
-    max_lsb: int             # max |a - b| in integer steps (compared after aligning exponents when they differ)
+    max_lsb: int             # max |a - b| in integer steps (of the finer grid when the exponents differ)
     mismatches: int          # elements beyond tolerance
     size: int
     allowed_lsb: int
@@ -59,13 +63,6 @@ class Divergence:
     compared: int            # layers present in both sources
 
 
-def _tolerance(tol) -> dict:
-    out = dict(DEFAULT_TOLERANCE)
-    if tol:
-        out.update({k: v for k, v in dict(tol).items() if k in DEFAULT_TOLERANCE})
-    return out
-
-
 def graph_order(model) -> list[tuple[str, object]]:
     """[(value name, producing node or None)] inputs first, then node outputs in the file's (topological) order."""
     order = [(vi.name, None) for vi in model.inputs]
@@ -75,33 +72,19 @@ def graph_order(model) -> list[tuple[str, object]]:
 
 
 def compare_tensor(position, value, node, a, b, tol) -> LayerStat:
-    tol = _tolerance(tol)
-    da = np.asarray(a.data).astype(np.int64)
-    db = np.asarray(b.data).astype(np.int64)
-    dtype = str(b.dtype)
-    allowed = allowed_lsb(dtype, tol)
-    problem = None
-    if str(a.dtype) != str(b.dtype):
-        problem = "dtype"
-    if da.size != db.size:
-        return LayerStat(position, value, getattr(node, "name", None), getattr(node, "op_type", None), dtype,
-                         tuple(db.shape), int(a.exponent), int(b.exponent), -1, db.size, db.size, allowed,
-                         None, None, "shape")
-    da = da.reshape(db.shape)
-    ea, eb = int(a.exponent), int(b.exponent)
-    if ea != eb:
-        if tol["same_exponent"]:
-            problem = problem or "exponent"
-        # compare on b's grid so the statistics stay meaningful
-        da = np.floor(da * 2.0 ** (ea - eb) + 0.5).astype(np.int64)
-    diff = np.abs(da - db)
-    worst = int(diff.max()) if diff.size else 0
-    idx = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape)) if diff.size else None
+    d = diff(a, b, tol)
+    shape = tuple(b.shape)
+    name, op = getattr(node, "name", None), getattr(node, "op_type", None)
+    if d.problem == "size":
+        return LayerStat(position, value, name, op, d.dtype, shape, int(a.exponent), int(b.exponent), -1, d.size,
+                         d.size, int(d.allowed), None, None, "shape")
+    flat = d.worst_index()
+    idx = tuple(int(i) for i in np.unravel_index(flat, shape)) if flat is not None else None
     return LayerStat(
-        position=position, value=value, node=getattr(node, "name", None), op_type=getattr(node, "op_type", None),
-        dtype=dtype, shape=tuple(db.shape), exponent_a=ea, exponent_b=eb, max_lsb=worst,
-        mismatches=int((diff > allowed).sum()), size=int(diff.size), allowed_lsb=allowed, worst_index=idx,
-        worst_values=(int(da[idx]), int(db[idx])) if idx is not None else None, problem=problem,
+        position=position, value=value, node=name, op_type=op, dtype=d.dtype, shape=shape,
+        exponent_a=int(a.exponent), exponent_b=int(b.exponent), max_lsb=int(d.worst), mismatches=d.mismatches,
+        size=d.size, allowed_lsb=int(d.allowed), worst_index=idx,
+        worst_values=(int(d.a[flat]), int(d.b[flat])) if flat is not None else None, problem=d.problem,
     )
 
 
@@ -131,7 +114,8 @@ def _describe(s: LayerStat) -> str:
     head = f"{where} -> {s.value}  {s.dtype} {list(s.shape)}"
     if s.problem == "shape":
         return f"{head}: sizes differ"
-    exp = f"exp {s.exponent_a}" if s.exponent_a == s.exponent_b else f"exp {s.exponent_a} vs {s.exponent_b}"
+    exp = (f"exp {s.exponent_a}" if s.exponent_a == s.exponent_b
+           else f"exp {s.exponent_a} vs {s.exponent_b} (LSB of 2^{min(s.exponent_a, s.exponent_b)})")
     worst = ""
     if s.worst_index is not None and s.max_lsb > 0:
         worst = f", worst at {list(s.worst_index)}: {s.worst_values[0]} vs {s.worst_values[1]}"
@@ -181,7 +165,7 @@ def _source(spec: str, model, vector: int, vectors):
             t = model.test_inputs.get(model.inputs[0].name)
             if t is None:
                 raise UserError("the model has no embedded test input; pass --vector N")
-            x = QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
+            x = t.tensor()
         else:
             if vector >= len(vectors):
                 raise UserError(f"--vector {vector}: there are {len(vectors)} fixed vectors")
@@ -190,15 +174,10 @@ def _source(spec: str, model, vector: int, vectors):
     if spec == "embedded":
         if vector >= 0:
             raise UserError("the embedded (simulator) tensors belong to the embedded test input: drop --vector")
-        tensors = {name: QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
-                   for name, t in {**model.test_inputs, **model.test_outputs}.items()}
+        tensors = {name: t.tensor() for name, t in {**model.test_inputs, **model.test_outputs}.items()}
         if len(tensors) <= len(model.test_inputs):
             raise UserError("the model embeds no test outputs: export it with esp-ppq export_test_values=True")
         return tensors
-    from pathlib import Path
-
-    from quant.board import protocol
-
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"source {spec!r} is not interpreter, interpreter-exact, interpreter-fixed-average, embedded or a transcript file")
@@ -226,9 +205,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import json
-
-
     model = load(args.model, key=args.key)
     tol = None
     if args.tolerance:
@@ -238,8 +214,6 @@ def run(args) -> int:
             raise UserError(f"--tolerance {args.tolerance}: not a variant .json with a 'tolerance' ({exc})") from None
     vectors = []
     if args.vector >= 0 and "interpreter" in (args.a.split("-")[0], args.b.split("-")[0]):
-        from quant.variants.vectors import load_vectors
-
         vectors = load_vectors()[0]
     a = _source(args.a, model, args.vector, vectors)
     b = _source(args.b, model, args.vector, vectors)

@@ -2,7 +2,7 @@
 
 Every semantic choice below was read from ESP-DL's sources (espressif/esp-dl, `esp-dl/dl/...`) and then
 checked against esp-ppq's embedded test values (tests_host/test_single_ops.py). Summary (details and evidence
-in README.md, 'Reading, running and bisecting .espdl files'):
+in docs/espdl-tools.md, 'ESP32-S3 arithmetic the interpreter reproduces'; values are quant.tensor.Tensor):
 
 - Tensors: per-tensor power-of-two exponents, real = int * 2**exponent; activations NHWC; int8/int16 saturate.
 - Rounding: half up everywhere on S3 (`dl_tool.cpp`: `round_half_up` = floor(x + 0.5), `shift_and_round_half_up`
@@ -37,28 +37,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from quant.espdl.reader import EspdlModel, Node, Tensor
+from quant.espdl.reader import EspdlModel, Node, StoredTensor
 from quant.errors import UserError
+from quant.tensor import Tensor
 
 # operators with a float32 path (quant_type F32 nodes, float tensors in and out)
 FLOAT_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "HardSigmoid", "HardSwish", "Swish", "LeakyRelu"}
 RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}
-
-
-@dataclass
-class QTensor:
-    """Integer tensor as ESP-DL holds it: `data` (NHWC for images), real = data * 2**exponent."""
-
-    data: np.ndarray
-    exponent: int
-    dtype: str
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
-
-    def real(self) -> np.ndarray:
-        return self.data.astype(np.float64) * 2.0**self.exponent
 
 
 @dataclass
@@ -71,7 +56,7 @@ class Note:
 
 @dataclass
 class RunResult:
-    tensors: dict[str, QTensor]
+    tensors: dict[str, Tensor]
     notes: list[Note] = field(default_factory=list)
 
 
@@ -115,7 +100,7 @@ def quantize_input(x: np.ndarray, exponent: int, dtype: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- layouts
-def unpack_filter(t: Tensor, group: int | None, dtype: str) -> np.ndarray:
+def unpack_filter(t: StoredTensor, group: int | None, dtype: str) -> np.ndarray:
     """ESP-DL's packed Conv/Gemm filter -> [N, KH, KW, C/group] (undoes esp-ppq `reset_conv_filter_layout`).
 
     File dims are [KH, KW, C, N] (or [KH, KW, N, C] for depthwise; 1-D filters drop KH); data order is
@@ -169,9 +154,9 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int
     return as_strided(x, shape=(ho, wo, kh, kw, c), strides=(s0 * sh, s1 * sw, s0 * dh, s1 * dw, s2), writeable=False)
 
 
-def _q(t) -> QTensor:
-    """An operand as a QTensor (initializers arrive as espdl.Tensor with flat data)."""
-    return QTensor(t.array(), t.exponent, t.dtype) if isinstance(t, Tensor) else t
+def _q(t) -> Tensor:
+    """An operand as a Tensor (initializers arrive as reader.StoredTensor with flat data)."""
+    return t.tensor() if isinstance(t, StoredTensor) else t
 
 
 def _to_4d(data: np.ndarray) -> np.ndarray:
@@ -211,7 +196,7 @@ class Interpreter:
                 self._prepared[node.name] = self._prepare_filter(node)
 
     # -- helpers
-    def _init(self, name: str) -> Tensor | None:
+    def _init(self, name: str) -> StoredTensor | None:
         return self.model.initializers.get(name)
 
     def _out_meta(self, node: Node, i: int = 0) -> tuple[int, str]:
@@ -245,31 +230,31 @@ class Interpreter:
                 prep["bias_note"] = f"bias {bt.name} exceeds its accumulator width and wraps on the chip"
         return prep
 
-    def run(self, x, return_all: bool = False) -> dict[str, QTensor]:
-        """Run the graph on one input. Returns {value name: QTensor} for the outputs (or every value)."""
+    def run(self, x, return_all: bool = False) -> dict[str, Tensor]:
+        """Run the graph on one input. Returns {value name: Tensor} for the outputs (or every value)."""
         tensors = self.run_full(x).tensors
         if return_all:
             return tensors
         return {o.name: tensors[o.name] for o in self.model.outputs}
 
-    def quantize(self, x) -> QTensor:
+    def quantize(self, x) -> Tensor:
         vi = self.model.inputs[0]
         dtype = vi.dtype if vi.dtype in RANGES else "int8"
         shape = tuple(vi.shape or ())
-        if isinstance(x, QTensor):
+        if isinstance(x, Tensor):
             q = x
         else:
             arr = np.asarray(x)
             if np.issubdtype(arr.dtype, np.integer):
-                q = QTensor(saturate(arr, dtype), vi.exponent, dtype)
+                q = Tensor(saturate(arr, dtype), vi.exponent, dtype)
             else:
                 if arr.ndim == 4 and shape and arr.shape != shape and arr.transpose(0, 2, 3, 1).shape == shape:
                     arr = arr.transpose(0, 2, 3, 1)  # NCHW float (the model's ONNX input) -> NHWC
-                q = QTensor(quantize_input(arr, vi.exponent, dtype), vi.exponent, dtype)
+                q = Tensor(quantize_input(arr, vi.exponent, dtype), vi.exponent, dtype)
         if shape and q.data.shape != shape:
             if q.data.size != int(np.prod(shape)):
                 raise UserError(f"input has shape {list(q.data.shape)}; the model expects {list(shape)} (NHWC)")
-            q = QTensor(q.data.reshape(shape), q.exponent, q.dtype)
+            q = Tensor(q.data.reshape(shape), q.exponent, q.dtype)
         return q
 
     def run_full(self, x) -> RunResult:
@@ -277,8 +262,8 @@ class Interpreter:
             raise UserError("models with several inputs are not supported by run(); use run_named()")
         return self.run_named({self.model.inputs[0].name: self.quantize(x)})
 
-    def run_named(self, inputs: dict[str, QTensor]) -> RunResult:
-        env: dict[str, QTensor] = dict(inputs)
+    def run_named(self, inputs: dict[str, Tensor]) -> RunResult:
+        env: dict[str, Tensor] = dict(inputs)
         result = RunResult(env)
         for node in self.model.nodes:
             args = []
@@ -292,7 +277,7 @@ class Interpreter:
                 else:
                     raise UserError(f"node {node.name!r} reads {name!r}, which no earlier node produced")
             if node.op_type not in FLOAT_OPS and (self._is_float(node) or any(
-                    isinstance(a, QTensor) and a.dtype == "float32" for a in args)):
+                    isinstance(a, Tensor) and a.dtype == "float32" for a in args)):
                 raise UserError(f"{node.op_type} {node.name!r} runs in float32 (quant_type F32), which the host "
                                 f"interpreter supports only for {', '.join(sorted(FLOAT_OPS))}")
             try:
@@ -307,7 +292,7 @@ class Interpreter:
                 env[name] = value
         return result
 
-    # -- operators (each returns a list of QTensor, one per output)
+    # -- operators (each returns a list of Tensor, one per output)
     def _conv_acc(self, node: Node, x: np.ndarray, prep: dict) -> np.ndarray:
         w = prep["w"]
         n, kh, kw, cg = w.shape
@@ -340,7 +325,7 @@ class Interpreter:
             acc = np.concatenate(parts, -1)
         return acc[None]
 
-    def _finish_mac(self, node, acc, x_exp, prep, notes) -> QTensor:
+    def _finish_mac(self, node, acc, x_exp, prep, notes) -> Tensor:
         out_exp, out_dtype = self._out_meta(node)
         if prep["bias"] is not None:
             acc = acc + prep["bias"]
@@ -365,7 +350,7 @@ class Interpreter:
             y = np.maximum(y, 0)
         elif node.attributes.get("activation", "Linear") not in ("Linear", None):
             raise UserError(f"{node.op_type} {node.name!r}: fused activation {node.attributes['activation']!r} unsupported")
-        return QTensor(saturate(y, out_dtype), out_exp, out_dtype)
+        return Tensor(saturate(y, out_dtype), out_exp, out_dtype)
 
     def _op_Conv(self, node, args, notes):
         x = args[0]
@@ -374,7 +359,7 @@ class Interpreter:
         acc = self._conv_acc(node, _to_4d(x.data).astype(np.int64), prep)
         out = self._finish_mac(node, acc, x.exponent, prep, notes)
         if squeeze:
-            out.data = out.data[:, 0]
+            out = out.replace(data=out.data[:, 0])
         return [out]
 
     def _op_Gemm(self, node, args, notes):
@@ -385,10 +370,10 @@ class Interpreter:
         flat = x.data.reshape(-1, x.data.shape[-1]).astype(np.float64)
         acc = np.rint(flat @ prep["wmat"]).astype(np.int64)
         out = self._finish_mac(node, acc, x.exponent, prep, notes)
-        out.data = out.data.reshape(*x.data.shape[:-1], -1)
+        out = out.replace(data=out.data.reshape(*x.data.shape[:-1], -1))
         return [out]
 
-    def _lut(self, node, x: QTensor) -> QTensor | None:
+    def _lut(self, node, x: Tensor) -> Tensor | None:
         name = node.attributes.get("lut")
         if not name or node.attributes.get("quant_type") != "S8":
             return None
@@ -397,7 +382,7 @@ class Interpreter:
             raise UserError(f"{node.op_type} {node.name!r}: LUT {name!r} missing from the initializers")
         out_exp, out_dtype = self._out_meta(node)
         idx = x.data.astype(np.int64) + 128
-        return QTensor(table.data.astype(np.int64)[idx].astype(out_dtype), table.exponent, out_dtype)
+        return Tensor(table.data.astype(np.int64)[idx].astype(out_dtype), table.exponent, out_dtype)
 
     def _op_LUT(self, node, args, notes):
         x = args[0]
@@ -413,7 +398,7 @@ class Interpreter:
             shift = step.bit_length() - 1
             v = x.data.astype(np.int64) + 32768
             idx = v if shift == 0 else (v >> shift) + ((v & ((1 << shift) - 1)) >= (1 << (shift - 1)))
-        return [QTensor(t[idx].astype(out_dtype), table.exponent, out_dtype)]
+        return [Tensor(t[idx].astype(out_dtype), table.exponent, out_dtype)]
 
     def _op_Clip(self, node, args, notes):
         x = args[0]
@@ -427,7 +412,7 @@ class Interpreter:
         if len(args) > 2 and args[2] is not None:
             hi = int(args[2].data.reshape(-1)[0])
         y = np.clip(x.data.astype(np.int64), lo, hi)
-        return [QTensor(saturate(rescale(y, x.exponent, out_exp), out_dtype), out_exp, out_dtype)]
+        return [Tensor(saturate(rescale(y, x.exponent, out_exp), out_dtype), out_exp, out_dtype)]
 
     def _op_Relu(self, node, args, notes):
         x = args[0]
@@ -438,7 +423,7 @@ class Interpreter:
         y = np.maximum(x.data.astype(np.int64), 0)
         if out_exp != x.exponent:
             y = rescale(y, x.exponent, out_exp)
-        return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
+        return [Tensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
     def _is_float(self, node: Node, i: int = 0) -> bool:
         """A float32 node (esp-ppq quant_type F32, e.g. Log/Sqrt): ESP-DL runs it in float32 on float tensors."""
@@ -452,14 +437,14 @@ class Interpreter:
                 x.data.astype(np.float32) * np.float32(2.0**x.exponent))
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 y = fn(real).astype(np.float32)
-            return [QTensor(y, self._out_meta(node)[0], "float32")]
+            return [Tensor(y, self._out_meta(node)[0], "float32")]
         via_lut = self._lut(node, x)
         if via_lut is not None:
             return [via_lut]
         out_exp, out_dtype = self._out_meta(node)
         real = x.data.astype(np.float32) * np.float32(2.0**x.exponent)
         y = fn(real.astype(np.float32)).astype(np.float32) * np.float32(2.0 ** (-out_exp))
-        return [QTensor(saturate(round_half_up_float(y), out_dtype), out_exp, out_dtype)]
+        return [Tensor(saturate(round_half_up_float(y), out_dtype), out_exp, out_dtype)]
 
     def _op_Sigmoid(self, node, args, notes):
         return self._float_activation(node, args, _sigmoid)
@@ -502,20 +487,20 @@ class Interpreter:
         out_exp, out_dtype = self._out_meta(node)
         self._same_exponents(node, [a, b], out_exp, notes, "Add")
         y = a.data.astype(np.int64) + b.data.astype(np.int64)
-        return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
+        return [Tensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
     def _op_Sub(self, node, args, notes):
         a, b = _q(args[0]), _q(args[1])
         out_exp, out_dtype = self._out_meta(node)
         self._same_exponents(node, [a, b], out_exp, notes, "Sub")
         y = a.data.astype(np.int64) - b.data.astype(np.int64)
-        return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
+        return [Tensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
     def _op_Mul(self, node, args, notes):
         a, b = _q(args[0]), _q(args[1])
         out_exp, out_dtype = self._out_meta(node)
         y = shift_round(a.data.astype(np.int64) * b.data.astype(np.int64), out_exp - a.exponent - b.exponent)
-        return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
+        return [Tensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
     def _op_Concat(self, node, args, notes):
         out_exp, out_dtype = self._out_meta(node)
@@ -523,14 +508,14 @@ class Interpreter:
         self._same_exponents(node, args, out_exp, notes, "Concat")
         axis = int(node.attributes.get("axis", -1))
         y = np.concatenate([t.data for t in args], axis=axis)
-        return [QTensor(y.astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(y.astype(out_dtype), out_exp, out_dtype)]
 
-    def _assign(self, node, x: QTensor, data: np.ndarray) -> QTensor:
+    def _assign(self, node, x: Tensor, data: np.ndarray) -> Tensor:
         """`TensorBase::assign`: copy, or re-quantize when exponent or dtype differ."""
         out_exp, out_dtype = self._out_meta(node)
         if out_exp == x.exponent:
-            return QTensor(saturate(data, out_dtype), out_exp, out_dtype)
-        return QTensor(saturate(rescale(data.astype(np.int64), x.exponent, out_exp), out_dtype), out_exp, out_dtype)
+            return Tensor(saturate(data, out_dtype), out_exp, out_dtype)
+        return Tensor(saturate(rescale(data.astype(np.int64), x.exponent, out_exp), out_dtype), out_exp, out_dtype)
 
     def _op_RequantizeLinear(self, node, args, notes):
         return [self._assign(node, args[0], args[0].data)]
@@ -544,7 +529,7 @@ class Interpreter:
     def _op_Reshape(self, node, args, notes):
         x = args[0]
         vi = self.model.values.get(node.outputs[0])
-        shape = list(args[1].data.astype(np.int64)) if len(args) > 1 and isinstance(args[1], Tensor) else None
+        shape = list(args[1].data.astype(np.int64)) if len(args) > 1 and isinstance(args[1], StoredTensor) else None
         if vi is not None and vi.shape and all(d > 0 for d in vi.shape):
             shape = list(vi.shape)
         if shape is None:
@@ -583,7 +568,7 @@ class Interpreter:
         out_exp, out_dtype = self._out_meta(node)
         self._same_exponents(node, [x], out_exp, notes, "Transpose")
         perm = node.attributes.get("perm") or list(range(x.data.ndim))[::-1]
-        return [QTensor(np.transpose(x.data, perm).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(np.transpose(x.data, perm).astype(out_dtype), out_exp, out_dtype)]
 
     def _pool_geometry(self, node, x, kernel=None):
         data = _to_4d(x.data)
@@ -609,9 +594,9 @@ class Interpreter:
         y = _windows(xp, kh, kw, sh, sw, 1, 1).max(axis=(2, 3))
         self._same_exponents(node, [x], out_exp, notes, "MaxPool")
         out = y[None].astype(out_dtype)
-        return [QTensor(out if x.data.ndim == 4 else out[:, 0], out_exp, out_dtype)]
+        return [Tensor(out if x.data.ndim == 4 else out[:, 0], out_exp, out_dtype)]
 
-    def _average(self, node, x, kernel, notes) -> QTensor:
+    def _average(self, node, x, kernel, notes) -> Tensor:
         out_exp, out_dtype = self._out_meta(node)
         data, (kh, kw), (sh, sw), (t, l, b, r) = self._pool_geometry(node, x, kernel)
         xp = np.pad(data[0].astype(np.int64), ((t, b), (l, r), (0, 0)))
@@ -641,7 +626,7 @@ class Interpreter:
             v = sums.astype(np.float32) * scale  # int32 buffer * float scale, in float32
             y = np.floor((v.astype(np.float64) + 0.5).astype(np.float32)).astype(np.int64)  # floorf(value + 0.5)
         out = saturate(y[None], out_dtype)
-        return QTensor(out if x.data.ndim == 4 else out[:, 0], out_exp, out_dtype)
+        return Tensor(out if x.data.ndim == 4 else out[:, 0], out_exp, out_dtype)
 
     def _op_ReduceMean(self, node, args, notes):
         """`dl_module_reduce_mean.hpp`: round(sum * 2^in / count * 2^-out), evaluated in float32."""
@@ -656,7 +641,7 @@ class Interpreter:
         count = int(np.prod([x.data.shape[a] for a in axes]))
         f = total.astype(np.float32) * np.float32(2.0**x.exponent)
         f = (f / np.float32(count)).astype(np.float32) * np.float32(2.0 ** (-out_exp))
-        return [QTensor(saturate(round_half_up_float(f), out_dtype), out_exp, out_dtype)]
+        return [Tensor(saturate(round_half_up_float(f), out_dtype), out_exp, out_dtype)]
 
     def _op_AveragePool(self, node, args, notes):
         return [self._average(node, args[0], None, notes)]

@@ -22,6 +22,7 @@ from flatbuffers import number_types as _nt
 from flatbuffers.table import Table
 
 from quant.errors import UserError
+from quant.tensor import Tensor
 
 MAGIC = b"EDL2"
 HEADER_BYTES = 16
@@ -59,7 +60,7 @@ class Header:
 
 
 @dataclass
-class Tensor:
+class StoredTensor:
     """A stored tensor (initializer, LUT, test value). `data` is flat, in file order, trimmed of padding."""
 
     name: str
@@ -76,6 +77,10 @@ class Tensor:
     def array(self) -> np.ndarray:
         """The data reshaped to `dims` (file order; for Conv/Gemm weights see `interpreter.unpack_filter`)."""
         return self.data.reshape(self.dims) if self.dims else self.data.reshape(())
+
+    def tensor(self) -> Tensor:
+        """As a value (quant.tensor.Tensor): the data reshaped to `dims`, the first exponent."""
+        return Tensor(self.array().astype(self.dtype), self.exponent, self.dtype, self.name)
 
 
 @dataclass
@@ -107,12 +112,12 @@ class EspdlModel:
     producer: str
     ir_version: int
     nodes: list[Node]
-    initializers: dict[str, Tensor]
+    initializers: dict[str, StoredTensor]
     values: dict[str, ValueInfo]          # every non-parameter value (value_info), incl. inputs and outputs
     inputs: list[ValueInfo]
     outputs: list[ValueInfo]
-    test_inputs: dict[str, Tensor]
-    test_outputs: dict[str, Tensor]
+    test_inputs: dict[str, StoredTensor]
+    test_outputs: dict[str, StoredTensor]
     metadata: dict[str, str]
 
     def node_by_output(self) -> dict[str, Node]:
@@ -162,7 +167,7 @@ def _int(t: Table, slot: int, flags=_nt.Int32Flags, default: int = 0) -> int:
     return int(t.Get(flags, o + t.Pos)) if o else default
 
 
-def _tensor(t: Table) -> Tensor:
+def _tensor(t: Table) -> StoredTensor:
     dims = tuple(int(d) for d in _scalars(t, _TENSOR["dims"], _nt.Int64Flags, "int64"))
     code = _int(t, _TENSOR["data_type"])
     dtype = DTYPES.get(code)
@@ -191,7 +196,7 @@ def _tensor(t: Table) -> Tensor:
     doc = _str(t, _TENSOR["doc_string"]) or ""
     m = re.match(r"layout ==> (\S+)", doc)
     exps = tuple(int(e) for e in _scalars(t, _TENSOR["exponents"], _nt.Int64Flags, "int64"))
-    return Tensor(name, dtype, dims, exps, data, m.group(1) if m else None)
+    return StoredTensor(name, dtype, dims, exps, data, m.group(1) if m else None)
 
 
 def _value_info(t: Table) -> ValueInfo:
@@ -214,7 +219,7 @@ def _value_info(t: Table) -> ValueInfo:
 
 
 def _attribute(t: Table):
-    """The attribute's value: int, float, str, list of ints/floats/strings, or Tensor."""
+    """The attribute's value: int, float, str, list of ints/floats/strings, or StoredTensor."""
     if _field(t, _ATTR["s"]):
         return bytes(_scalars(t, _ATTR["s"], _nt.Uint8Flags, "uint8")).decode("utf-8", errors="replace")
     if _field(t, _ATTR["ints"]):
@@ -350,7 +355,7 @@ def _parse(buf: bytes, header: Header) -> EspdlModel:
 
 # ----------------------------------------------------------------------------------------------- inspect
 def _fmt_attr(value) -> str:
-    if isinstance(value, Tensor):
+    if isinstance(value, StoredTensor):
         return f"<tensor {value.dtype}{list(value.dims)}>"
     if isinstance(value, list) and len(value) > 12:
         return f"[{', '.join(map(str, value[:12]))}, ... ({len(value)})]"

@@ -1,7 +1,8 @@
 """`quant verify FILE.espdl`: run the embedded test inputs through the host interpreter and compare.
 
 Rule = ESP-DL `model->test()` (`TensorBase::equal`): same dtype, shape and exponent; int8 bit-exact,
-int16 within 1 LSB; float32 within 2e-5 absolute with NaN == NaN (quant.board.judge.FLOAT_ATOL). Exit 0 only when every embedded test output agrees; 1 otherwise; 2 for bad input.
+int16 within 1 LSB; float32 within 2e-5 absolute with NaN == NaN: quant.tensor's default Tolerance and FLOAT_ATOL,
+compared by quant.tensor.diff. Exit 0 only when every embedded test output agrees; 1 otherwise; 2 for bad input.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quant.board.judge import FLOAT_ATOL, allowed_lsb, float_mismatches
 from quant.errors import UserError
-from quant.espdl.interpreter import Interpreter, Note, QTensor
 from quant.espdl.bisect import graph_order
+from quant.espdl.interpreter import Interpreter, Note
 from quant.espdl.reader import load
+from quant.tensor import FLOAT_ATOL, Tolerance, diff
 
 
 @dataclass
@@ -35,7 +36,7 @@ class OutputCheck:
 
     @property
     def allowed_lsb(self) -> int:
-        return allowed_lsb(self.expected_dtype)
+        return Tolerance().allowed_lsb(self.expected_dtype)
 
     @property
     def ok(self) -> bool:
@@ -44,43 +45,25 @@ class OutputCheck:
 
 
 def compare(name: str, got, expected) -> OutputCheck:
-    """Compare an interpreter QTensor with an embedded test Tensor under ESP-DL's test() rule."""
+    """Compare an interpreter Tensor with an embedded test value (reader.StoredTensor) under ESP-DL's test() rule."""
     exp_shape = tuple(expected.dims)
-    if expected.dtype == "float32" or got.dtype == "float32":
-        return _compare_float(name, got, expected, exp_shape)
-    allowed = allowed_lsb(expected.dtype)
-    g = got.data.astype(np.int64)
-    e = expected.data.astype(np.int64)
-    if g.size != e.size:
-        return OutputCheck(name, got.dtype, tuple(got.data.shape), got.exponent, expected.exponent, expected.dtype,
-                           exp_shape, -1, g.size, g.size, None, None)
-    g = g.reshape(exp_shape) if tuple(g.shape) != exp_shape else g
-    diff = np.abs(g - e.reshape(g.shape))
-    worst = int(diff.max()) if diff.size else 0
-    idx = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape)) if diff.size else None
+    d = diff(got, expected.tensor())
+    if d.problem == "size":
+        return OutputCheck(name, got.dtype, got.shape, got.exponent, expected.exponent, expected.dtype,
+                           exp_shape, -1, got.size, got.size, None, None)
+    flat = d.worst_index()
+    idx = tuple(int(i) for i in np.unravel_index(flat, exp_shape)) if flat is not None else None
+    if d.is_float:
+        idx = idx if d.mismatches else None
+        values = (float(d.a[flat]), float(d.b[flat])) if idx is not None else None
+    else:
+        values = (int(d.a[flat]), int(d.b[flat])) if idx is not None else None
     return OutputCheck(
-        name=name, dtype=got.dtype, shape=tuple(got.data.reshape(exp_shape).shape), exponent=got.exponent,
+        name=name, dtype=got.dtype, shape=exp_shape, exponent=got.exponent,
         expected_exponent=expected.exponent, expected_dtype=expected.dtype, expected_shape=exp_shape,
-        max_lsb=worst, mismatches=int((diff > allowed).sum()), size=int(diff.size), worst_index=idx,
-        worst_values=(int(g[idx]), int(e.reshape(g.shape)[idx])) if idx is not None else None,
+        max_lsb=0 if d.is_float else int(d.worst), mismatches=d.mismatches, size=d.size, worst_index=idx,
+        worst_values=values, max_abs=float(d.worst) if d.is_float else None,
     )
-
-
-def _compare_float(name, got, expected, exp_shape) -> OutputCheck:
-    g = np.asarray(got.data, np.float64)
-    e = np.asarray(expected.data, np.float64)
-    if g.size != e.size:
-        return OutputCheck(name, got.dtype, tuple(g.shape), got.exponent, expected.exponent, expected.dtype,
-                           exp_shape, -1, g.size, g.size, None, None)
-    g, e = g.reshape(exp_shape), e.reshape(exp_shape)
-    worst, bad = float_mismatches(g, e)
-    score = np.where(bad, np.inf, np.nan_to_num(np.abs(g - e), nan=0.0))
-    idx = tuple(int(i) for i in np.unravel_index(int(score.argmax()), score.shape)) if score.size else None
-    return OutputCheck(
-        name=name, dtype=got.dtype, shape=exp_shape, exponent=got.exponent, expected_exponent=expected.exponent,
-        expected_dtype=expected.dtype, expected_shape=exp_shape, max_lsb=0, mismatches=int(bad.sum()),
-        size=int(bad.size), worst_index=idx if bad.any() else None,
-        worst_values=(float(g[idx]), float(e[idx])) if idx is not None and bad.any() else None, max_abs=worst)
 
 
 def verify_model(model, exact_average: bool = False, wide_accumulators: bool = False,
@@ -96,7 +79,7 @@ def verify_model(model, exact_average: bool = False, wide_accumulators: bool = F
         t = model.test_inputs.get(vi.name)
         if t is None:
             raise UserError(f"{model.path} has no test value for input {vi.name!r}")
-        inputs[vi.name] = QTensor(t.data.reshape(t.dims).astype(t.dtype), t.exponent, t.dtype)
+        inputs[vi.name] = t.tensor()
     result = interp.run_named(inputs)
 
     position = {name: i for i, (name, _) in enumerate(graph_order(model))}
@@ -145,7 +128,7 @@ def format_checks(checks, notes) -> str:
 
 
 def diagnose(model) -> tuple[bool, str]:
-    """(explained, text): which known ESP-DL vs simulator difference explains a failure (README.md, 'Reading, running and bisecting .espdl files')."""
+    """(explained, text): which known ESP-DL vs simulator difference explains a failure (docs/espdl-tools.md, 'Known differences between ESP-DL and the PPQ simulator')."""
     # ESP-DL 3.3.9 averages exactly like the simulator (CONFIG_ACCURATE_INFER, dl_base_avg_pool2d.cpp
     # avgpool2d_hwc), so average pooling is not a known difference; the accumulator lanes are.
     checks, _ = verify_model(model, wide_accumulators=True)
@@ -159,7 +142,7 @@ def diagnose(model) -> tuple[bool, str]:
     if int16:
         return worst <= 1, (f"diagnosis: not explained by the S3 accumulator lanes (max {worst} LSB left); the model has "
                 f"{len(int16)} int16 Conv/Gemm layer(s), which esp-ppq simulates in float32: that drifts +-1..2 LSB "
-                f"from the exact integers ESP-DL computes and flips some int8 consumers by 1 LSB (README.md, 'Reading, running and bisecting .espdl files'); "
+                f"from the exact integers ESP-DL computes and flips some int8 consumers by 1 LSB (docs/espdl-tools.md, 'Known differences between ESP-DL and the PPQ simulator'); "
                 f"confirm on a copy exported with every value: `quant diff FILE interpreter-exact embedded`")
     return False, (f"diagnosis: not explained by the known S3 differences (max {worst} LSB left): localize it with "
             f"`quant diff FILE interpreter-exact embedded` on a copy exported with every value")

@@ -403,9 +403,7 @@ def measure(quantizer, result, ctx: Context, key: str, measured_budgets: dict) -
                   "exponent": in_exp},
         "outputs": outputs,
         "classes": list(ctx.data.classes),
-        "tolerance": {"int8_lsb": spec.tolerance.int8_lsb, "int16_lsb": spec.tolerance.int16_lsb,
-                      "same_exponent": spec.tolerance.same_exponent, "same_top1": spec.tolerance.same_top1,
-                      "reason": spec.tolerance.reason},
+        "tolerance": spec.tolerance.to_dict(),
         "source": {"onnx": Path(ctx.onnx).name, "data": "user image folder" if ctx.from_user_data
                    else "synthetic gestures (quant.variants.data)", "calibration_images": int(len(ctx.data.calib_x))},
         "hashes": {

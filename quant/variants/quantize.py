@@ -191,7 +191,7 @@ def group_costs(points: list[dict]) -> list[dict]:
 def int16_platform():
     """ESPDL_S3_H_PRE_INT16: the S3's int16 (same bits, 40-bit bias, rounding) with a float64 simulation.
     ESPDL_S3_INT16 simulates int16 Conv/Gemm in float32, which cannot hold int16 x int16 sums: its reference
-    drifted 1-2 LSB from the chip's exact integer arithmetic (README.md, 'Reading, running and bisecting .espdl files')."""
+    drifted 1-2 LSB from the chip's exact integer arithmetic (docs/espdl-tools.md, 'Known differences between ESP-DL and the PPQ simulator')."""
     from esp_ppq.api import get_target_platform
 
     return get_target_platform(TARGET, "w16a16", debug=True)

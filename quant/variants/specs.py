@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from quant.variants.distill import Distillation
 from quant.errors import UserError
+from quant.tensor import Tolerance
 
 # activation observers esp-ppq offers that we are willing to measure; "kl" is deliberately not
 # among the defaults (docs: it clipped a ReLU6 at 0.5 and took accuracy from 100 % to 24 %).
@@ -59,17 +60,6 @@ class SensitivitySearch:
 
 
 @dataclass(frozen=True)
-class Tolerance:
-    """How closely the chip must match the simulator (README.md, 'Producing the variants')."""
-
-    int8_lsb: int = 0
-    int16_lsb: int = 1
-    same_exponent: bool = True
-    same_top1: bool = True
-    reason: str | None = None  # required when loosened
-
-
-@dataclass(frozen=True)
 class VariantSpec:
     name: str
     summary: str
@@ -80,7 +70,7 @@ class VariantSpec:
     distillation: Distillation | None = None  # fine-tune the edited float graph towards the original (after the ReLU6 swap)
     sensitivity: SensitivitySearch | None = None
     floor_drop_points: float = 1.0  # quality gate: max top-1 drop vs float on the held-out set, points
-    tolerance: Tolerance = Tolerance()
+    tolerance: Tolerance = Tolerance()  # how closely the chip must match the simulator (quant.tensor)
 
     def __post_init__(self) -> None:
         if self.relu6 not in RELU6_POLICIES:
@@ -90,8 +80,7 @@ class VariantSpec:
         unknown = set(self.calibration.candidates) - set(OBSERVERS)
         if unknown or not self.calibration.candidates:
             raise ValueError(f"calibration candidates must be among {OBSERVERS}")
-        t = self.tolerance
-        if (t.int8_lsb, t.int16_lsb, t.same_exponent, t.same_top1) != (0, 1, True, True) and not t.reason:
+        if self.tolerance.loosened and not self.tolerance.reason:
             raise ValueError("a loosened tolerance must carry a reason")
 
     @property

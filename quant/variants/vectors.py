@@ -18,7 +18,7 @@ import numpy as np
 
 from quant import folder
 from quant.errors import UserError
-from quant.folder import MODELS, load_vectors  # noqa: F401  (load_vectors: the reader lives in quant.folder)
+from quant.folder import MODELS
 
 SHAPE = (1, 1, 96, 96)
 NOISE_SEED = 7
