@@ -282,12 +282,6 @@ class Quantizer:
         torch.set_num_threads(1)
         keep_freed_memory()
         import_esp_ppq()
-        # esp-ppq runs a full gc.collect() before every quantization and calibration pass (its empty_ppq_cache
-        # decorator): ~80 per build, each walking the ~230k objects torch, onnx and esp-ppq import (measured 5 s
-        # of a 45 s int8 + mixed build). Those objects live for the whole process: freeze them out of the walk
-        import gc
-
-        gc.freeze()
 
     def prepared(self, spec: VariantSpec) -> tuple[bytes, dict | None]:
         """The working float graph: the ReLU6 policy applied, then (if the spec says so) distilled towards
