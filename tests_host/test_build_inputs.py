@@ -72,6 +72,19 @@ def test_unknown_variant_lists_the_known_ones(good_onnx):
     assert_user_error(build("--variant", "int4", "--onnx", str(good_onnx)), "'int4'", "int8, mixed, balanced")
 
 
+def test_zero_jobs_is_refused(tmp_path, good_onnx):
+    assert_user_error(build("--jobs", "0", "--onnx", str(good_onnx), "--models-dir", str(tmp_path / "m")),
+                      "--jobs 0", "--jobs 1 or more", out=tmp_path)
+
+
+def test_the_variants_fall_in_groups_that_share_work():
+    from quant.variants import build as qbuild
+    from quant.variants import specs
+
+    groups = qbuild.share_groups([specs.get(n) for n in ("int8", "balanced", "mixed")])
+    assert [[s.name for s in g] for g in groups] == [["int8", "mixed"], ["balanced"]]
+
+
 def test_missing_data_folder(tmp_path, good_onnx):
     proc = build("--onnx", str(good_onnx), "--data", str(tmp_path / "none"), "--models-dir", str(tmp_path / "o"))
     assert_user_error(proc, "does not exist", "--data", out=tmp_path / "o")

@@ -9,6 +9,8 @@ then swap the staging folder in. A failure or Ctrl-C leaves the last good folder
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -53,6 +55,9 @@ def add_arguments(p) -> None:
     p.add_argument("--models-dir", type=Path, default=qf.MODELS, metavar="DIR",
                    help="the models folder: variant folders and the fixed vectors test_vectors.bin/.json (default "
                         "models/); a folder without vectors gets them made from --data (`quant vectors`)")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="processes for variants that share no work (default 1; 2 builds balanced beside int8 + "
+                        "mixed, faster only on idle cores; the files are the same for any N)")
     p.add_argument("--check", action="store_true",
                    help="build nothing: say which variants in the models folder are stale (exit 1 if any)")
 
@@ -495,6 +500,8 @@ def run(args, specs=None) -> int:
         names = list(dict.fromkeys(args.variant or list(variants.VARIANTS)))
         specs = [variants.get(n) for n in names]
     names = [s.name for s in specs]
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: at least one process is needed; pass --jobs 1 or more")
     input_name, output_names, n_outputs = check_onnx(args.onnx)
     models = check_models_dir(args.models_dir)
     user, classes = check_data(args, n_outputs)  # before anything is written
@@ -537,6 +544,73 @@ def check(args, models: Path, specs, vectors_sha) -> int:
     return 1 if stale else 0
 
 
+def share_groups(specs) -> list[list]:
+    """The specs in groups that share work (the prepared float graph and the calibration sweep: same ReLU6
+    policy and distillation), in build order; groups share nothing and can be built in separate processes."""
+    groups: dict[tuple, list] = {}
+    for s in specs:
+        groups.setdefault((s.relu6, s.distillation), []).append(s)
+    return list(groups.values())
+
+
+def build_jobs(args) -> int:
+    """Processes for independent groups: --jobs, else 1. Not 2 by default: measured on the shared 2-core
+    machine (load ~4), --jobs 2 took 58 s of CPU against 51 s (a second interpreter imports torch and esp-ppq and
+    loads the data again) and more wall time (106 s against 77 s), and the two peaks add up in memory; it only
+    pays off on otherwise idle cores."""
+    jobs = getattr(args, "jobs", None)
+    return jobs if jobs is not None else 1
+
+
+@contextlib.contextmanager
+def frozen_gc():
+    """esp-ppq runs a full gc.collect() before every quantization and calibration pass (its empty_ppq_cache
+    decorator): ~80 per build, each walking the ~230k objects torch, onnx and esp-ppq import (measured 5 s of a
+    45 s int8 + mixed build). Those live for the whole build: a `gc.freeze()` inside this block leaves them out of
+    every walk; on leaving they are collectable again (the interpreter's exit collects them, as before)."""
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def build_batch(args, models, keys, user, classes, input_name, output_names, vectors_x, vectors_meta, vectors_sha,
+                batch) -> list[str]:
+    """Quantize, measure, write, gate and swap in each spec of `batch`, in order (one data load and one
+    Quantizer: the specs share its memoised attempts and float outputs); returns the quality-gate failures."""
+    failures = []
+    progress(f"loading data and the float model ({Path(args.onnx).name})")
+    data = load_data(args, user, classes)
+    inputs = Inputs(Path(args.onnx), data.calib_x, data.heldout_x, data.heldout_y, data.classes, vectors_x,
+                    vectors_meta, input_name, output_names)
+    ctx = Context(Path(args.onnx), args.data is not None, data, vectors_x, vectors_meta, vectors_sha, input_name,
+                  tuple(output_names), _data_key(args))
+    with tempfile.TemporaryDirectory(prefix="quant-build-") as work, frozen_gc():
+        quantizer = Quantizer(inputs, Path(work))
+        gc.freeze()  # now that torch, onnx and esp-ppq are imported
+        for spec in batch:
+            t0 = time.perf_counter()
+            progress(f"{spec.name}: {spec.summary}")
+            target = qf.variant_dir(spec.name, models)
+            staging = _staging(models, spec.name, "staging")
+            try:
+                staging.mkdir()
+                result = quantizer.run(spec)
+                measured = measure(quantizer, result, ctx, keys[spec.name],
+                                   qf.measured_budgets(spec.name, models, _sha(result.attempt.espdl.read_bytes())))
+                write_variant(serialise(measured), staging, target.name, keys[spec.name])
+                failure = gate(spec, measured.quality, result.sensitivity)
+                if failure:
+                    failures.append(failure)
+                    print(f"{spec.name}: FAILED its quality gate; {target} left as it was", file=sys.stderr)
+                    continue
+                replace_dir(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            progress(f"{spec.name}: done in {time.perf_counter() - t0:.1f} s -> {target}")
+    return failures
+
+
 def _build(args, models, specs, names, started, user, classes, input_name, output_names, vectors_x, vectors_meta,
            vectors_sha, write_vectors) -> int:
     for name in names:
@@ -555,36 +629,23 @@ def _build(args, models, specs, names, started, user, classes, input_name, outpu
 
     failures = []
     if stale:
+        batches = share_groups(stale)
+        jobs = max(1, min(build_jobs(args), len(batches)))
+        common = (args, models, keys, user, classes, input_name, output_names, vectors_x, vectors_meta, vectors_sha)
+        if jobs == 1:
+            failures += build_batch(*common, stale)  # one data load, one Quantizer
+        else:
+            # the groups share nothing: the others run in fresh interpreters (spawn: no forked torch state)
+            # while this process builds the first; every process runs its torch on one thread, as alone
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-        progress(f"loading data and the float model ({Path(args.onnx).name})")
-        data = load_data(args, user, classes)
-        inputs = Inputs(Path(args.onnx), data.calib_x, data.heldout_x, data.heldout_y, data.classes, vectors_x,
-                        vectors_meta, input_name, output_names)
-        ctx = Context(Path(args.onnx), args.data is not None, data, vectors_x, vectors_meta, vectors_sha, input_name,
-                      tuple(output_names), _data_key(args))
-        with tempfile.TemporaryDirectory(prefix="quant-build-") as work:
-            quantizer = Quantizer(inputs, Path(work))
-            for spec in stale:
-                t0 = time.perf_counter()
-                progress(f"{spec.name}: {spec.summary}")
-                target = qf.variant_dir(spec.name, models)
-                staging = _staging(models, spec.name, "staging")
-                try:
-                    staging.mkdir()
-                    result = quantizer.run(spec)
-                    measured = measure(quantizer, result, ctx, keys[spec.name],
-                                       qf.measured_budgets(spec.name, models, _sha(result.attempt.espdl.read_bytes())))
-                    write_variant(serialise(measured), staging, target.name, keys[spec.name])
-                    failure = gate(spec, measured.quality, result.sensitivity)
-                    if failure:
-                        failures.append(failure)
-                        print(f"{spec.name}: FAILED its quality gate; {target} left as it was", file=sys.stderr)
-                        continue
-                    replace_dir(staging, target)
-                finally:
-                    shutil.rmtree(staging, ignore_errors=True)
-                progress(f"{spec.name}: done in {time.perf_counter() - t0:.1f} s -> {target}")
-
+            progress(f"building {' | '.join('+'.join(s.name for s in b) for b in batches)} in {jobs} processes")
+            with ProcessPoolExecutor(jobs - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                others = [pool.submit(build_batch, *common, batch) for batch in batches[1:]]
+                failures += build_batch(*common, batches[0])
+                for future in others:
+                    failures += future.result()
 
     print()
     print(report.table(models, names))

@@ -60,6 +60,23 @@ def quiet():
         raise
 
 
+def keep_freed_memory() -> bool:
+    """glibc: serve the large tensors from the heap instead of a fresh mmap per tensor. By default every
+    allocation above 32 MB (the float64 fine-tune's activations, esp-ppq's im2col buffers) is a new mapping that
+    the kernel zero-fills page by page and unmaps on free: 5.5 M page faults and 15 s of system time in one build.
+    Freed memory is kept for reuse instead (the peak stays the same; memory is returned at exit). The arithmetic
+    is untouched. False where the C library has no mallopt."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(mallopt(opt, value) == 1 for opt, value in
+               ((m_mmap_threshold, 1 << 30), (m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20)))
+
+
 def import_esp_ppq():
     with quiet():
         import esp_ppq  # noqa: F401  (prints a banner on first import)
@@ -263,6 +280,7 @@ class Quantizer:
         # one thread: the same float summation order on every machine (byte-identical files), and no
         # OpenMP spin-waiting when the cores are shared (measured 5x faster under load on 2 cores)
         torch.set_num_threads(1)
+        keep_freed_memory()
         import_esp_ppq()
 
     def prepared(self, spec: VariantSpec) -> tuple[bytes, dict | None]:
