@@ -44,7 +44,9 @@ from quant.errors import UserError
 FLOAT_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "HardSigmoid", "HardSwish", "Swish", "LeakyRelu",
              "Div", "Pow", "Mod", "Neg", "Elu", "PRelu", "Softmax", "LogSoftmax", "Pad", "Gather", "Split",
              "DepthToSpace", "SpaceToDepth", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMax",
-             "ReduceMin", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp"}
+             "ReduceMin", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp", "LayerNormalization",
+             "ReverseSequence", "RMSNormalization", "LpNormalization", "RequantizeLinear", "QuantizeLinear",
+             "DequantizeLinear", "ScatterND"}
 RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}
 
 
@@ -536,7 +538,18 @@ class Interpreter:
         return QTensor(saturate(rescale(data.astype(np.int64), x.exponent, out_exp), out_dtype), out_exp, out_dtype)
 
     def _op_RequantizeLinear(self, node, args, notes):
-        return [self._assign(node, args[0], args[0].data)]
+        """Registered for Requantize/Quantize/DequantizeLinear (dl_module_creator.hpp:154-155): `output->assign`
+        (dl_tensor_base.cpp:223-320): to float32 x * DL_SCALE(e_in); from float32 quantize<T>(x, DL_RESCALE(e_out))."""
+        x = args[0]
+        vi = self.model.values.get(node.outputs[0])
+        if vi is not None and vi.dtype == "float32":
+            if x.dtype == "float32":
+                return [QTensor(x.data.astype(np.float32), vi.exponent, "float32")]
+            return [QTensor(x.data.astype(np.float32) * np.float32(_scale(x.exponent)), vi.exponent, "float32")]
+        if x.dtype == "float32":
+            out_exp, out_dtype = self._out_meta(node)
+            return [QTensor(quantize_input(x.data, out_exp, out_dtype), out_exp, out_dtype)]
+        return [self._assign(node, x, x.data)]
 
     _op_QuantizeLinear = _op_RequantizeLinear
     _op_DequantizeLinear = _op_RequantizeLinear
@@ -950,11 +963,12 @@ class Interpreter:
         return [self._copy_out(node, x, out)]
 
     def _op_SpaceToDepth(self, node, args, notes):
-        """esp-dl/dl/module/include/dl_module_space_to_depth.hpp (NHWC): out channel = (dh * bs + dw) * C + c."""
+        """esp-dl/dl/module/include/dl_module_space_to_depth.hpp:23-48 (NHWC): out channel = c * bs^2 + dh * bs + dw
+        (channel-major, not ONNX's (dh * bs + dw) * C + c)."""
         x = args[0]
         bs = int(node.attributes.get("blocksize"))
         n, h, w, c = x.data.shape
-        y = x.data.reshape(n, h // bs, bs, w // bs, bs, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // bs, w // bs, -1)
+        y = x.data.reshape(n, h // bs, bs, w // bs, bs, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h // bs, w // bs, -1)
         return [self._copy_out(node, x, y)]
 
     def _copy_out(self, node, x, y):
@@ -1144,6 +1158,170 @@ class Interpreter:
             raise UserError(f"Resize {node.name!r}: mode {mode!r} is not supported by ESP-DL (nearest, linear)")
         y = y.astype(out_dtype)
         return [QTensor(y[:, 0] if squeeze else y, out_exp, out_dtype)]
+
+
+    def _op_LayerNormalization(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_layer_normalization.hpp: per slice over the axes from `axis` on.
+        Integers: mean = (double)(int sum) / n, variance = sequential float32 sum of (x - mean)^2 over the raw
+        ints, times s_in^2 / n; inv_std = 1 / sqrt_newton(var + eps); y = round(((x*s_in - mean*s_in) * inv_std *
+        (scale*s_scale) + bias*s_bias) * 2^-out). Float32: the same on floats (mean also a sequential sum)."""
+        x = args[0]
+        scale = _q(args[1]) if len(args) > 1 and args[1] is not None else None
+        bias = _q(args[2]) if len(args) > 2 and args[2] is not None else None
+        eps = np.float32(node.attributes.get("epsilon", 1e-5))
+        axis = int(node.attributes.get("axis", -1)) % x.data.ndim
+        outer = int(np.prod(x.data.shape[:axis]))
+        flat = x.data.reshape(outer, -1)
+        inner = flat.shape[1]
+        is_float = x.dtype == "float32"
+        sc = np.ones(inner, np.float32) if scale is None else (
+            scale.data.astype(np.float32).reshape(-1) if scale.dtype == "float32" else
+            scale.data.astype(np.float32).reshape(-1) * np.float32(_scale(scale.exponent)))
+        bi = np.zeros(inner, np.float32) if bias is None else (
+            bias.data.astype(np.float32).reshape(-1) if bias.dtype == "float32" else
+            bias.data.astype(np.float32).reshape(-1) * np.float32(_scale(bias.exponent)))
+        sc, bi = np.broadcast_to(sc, (inner,)), np.broadcast_to(bi, (inner,))
+        if is_float:
+            f = flat.astype(np.float32)
+            mean = (_seq_sum(f) / np.float32(inner)).astype(np.float32)
+            diff = (f - mean[:, None]).astype(np.float32)
+            var = (_seq_sum((diff * diff).astype(np.float32)) / np.float32(inner)).astype(np.float32)
+            inv = (np.float32(1) / _sqrt_newton((var + eps).astype(np.float32))).astype(np.float32)
+            y = ((diff * inv[:, None]).astype(np.float32) * sc).astype(np.float32) + bi
+            return [QTensor(y.astype(np.float32).reshape(x.data.shape), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        s_in = np.float32(_scale(x.exponent))
+        total = flat.astype(np.int64).sum(1)
+        mean = (total.astype(np.float64) * 1.0 / inner).astype(np.float32)
+        diff = (flat.astype(np.float32) - mean[:, None]).astype(np.float32)
+        var = _seq_sum((diff * diff).astype(np.float32))
+        mean_r = (mean * s_in).astype(np.float32)
+        var = (var * (s_in * s_in)).astype(np.float32)
+        var = (var / np.float32(inner)).astype(np.float32)
+        inv = (np.float32(1) / _sqrt_newton((var + eps).astype(np.float32))).astype(np.float32)
+        xv = (flat.astype(np.float32) * s_in).astype(np.float32)
+        norm = ((xv - mean_r[:, None]).astype(np.float32) * inv[:, None]).astype(np.float32)
+        res = ((norm * sc).astype(np.float32) + bi).astype(np.float32)
+        y = _round_sat(res * np.float32(_rescale(out_exp)), *RANGES[out_dtype])
+        outs = [QTensor(y.reshape(x.data.shape).astype(out_dtype), out_exp, out_dtype)]
+        for i, (val, name) in enumerate(((mean, "mean"), (inv, "inv_std")), start=1):
+            if len(node.outputs) > i and node.outputs[i]:
+                e, dt = self._out_meta(node, i)
+                v = (val * s_in * np.float32(_rescale(e))) if name == "mean" else (val * np.float32(_rescale(e)))
+                vi = self.model.values.get(node.outputs[i])
+                shp = tuple(vi.shape) if vi is not None and vi.shape else val.shape
+                outs.append(QTensor(_round_sat(v, *RANGES[dt]).reshape(shp).astype(dt), e, dt))
+        return outs
+
+    def _op_ReverseSequence(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_reverse_sequence.hpp: copy, then swap time steps t and len-1-t of
+        each batch through an `int temp` (so a float32 value moved to the back is truncated toward zero)."""
+        x, lens = args[0], _q(args[1])
+        b_ax = int(node.attributes.get("batch_axis", 1))
+        t_ax = int(node.attributes.get("time_axis", 0))
+        y = x.data.copy()
+        for b, n in enumerate(np.asarray(lens.data).astype(np.int64).reshape(-1)):
+            for t in range(int(n) // 2):
+                i1 = [slice(None)] * y.ndim
+                i2 = [slice(None)] * y.ndim
+                i1[b_ax] = i2[b_ax] = b
+                i1[t_ax], i2[t_ax] = t, int(n) - 1 - t
+                first = y[tuple(i1)].copy()
+                y[tuple(i1)] = y[tuple(i2)]
+                y[tuple(i2)] = np.trunc(first) if x.dtype == "float32" else first
+        return [self._copy_out(node, x, y)]
+
+
+    def _op_RMSNormalization(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_rms_normalization.hpp (DL_FAST_MATH 0: fast_inv_sqrt = 1 / sqrtf)
+        + isa/tie728/dl_tie728_rms_normalization.S: per slice from `axis` on, rms = 1 / sqrtf((float)(int sum of
+        x^2) * s_in^2 / n + eps) * (s_in * 2^-out); y = sat(floor(x * rms * scale + 0.5f)) (scale read as float)."""
+        x, scale = args[0], _q(args[1])
+        eps = np.float32(node.attributes.get("epsilon", 1e-5))
+        axis = int(node.attributes.get("axis", -1)) % x.data.ndim
+        outer = int(np.prod(x.data.shape[:axis]))
+        flat = x.data.reshape(outer, -1)
+        inner = flat.shape[1]
+        sc = scale.data.astype(np.float32).reshape(-1)
+        if scale.dtype != "float32":
+            notes.append(Note(node.name, f"RMSNormalization scale {scale.dtype}: ESP-DL reads it as float32"))
+            sc = sc * np.float32(_scale(scale.exponent))
+        sc = np.broadcast_to(sc, (inner,))
+        if x.dtype == "float32":
+            f = flat.astype(np.float32)
+            ms = (_seq_sum((f * f).astype(np.float32)) / np.float32(inner)).astype(np.float32)
+            rms = (np.float32(1) / np.sqrt((ms + eps).astype(np.float32))).astype(np.float32)
+            y = ((f * rms[:, None]).astype(np.float32) * sc).astype(np.float32)
+            return [QTensor(y.reshape(x.data.shape), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        s_in = np.float32(_scale(x.exponent))
+        sq = (flat.astype(np.int64) ** 2).sum(1)
+        ms = ((sq.astype(np.float32) * (s_in * s_in)).astype(np.float32) / np.float32(inner)).astype(np.float32)
+        rms = (np.float32(1) / np.sqrt((ms + eps).astype(np.float32))).astype(np.float32)
+        rms = (rms * (s_in * np.float32(_rescale(out_exp)))).astype(np.float32)
+        v = ((flat.astype(np.float32) * rms[:, None]).astype(np.float32) * sc).astype(np.float32)
+        y = np.clip(np.floor((v + np.float32(0.5)).astype(np.float32)), *RANGES[out_dtype])
+        return [QTensor(y.reshape(x.data.shape).astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_LpNormalization(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_lp_normalization.hpp: inv = 1 / sum |x| (p=1) or 1 / sqrtf((float)
+        int sum x^2) (p=2, DL_FAST_MATH 0) over the raw ints (s_in cancels); along the last axis
+        y = round(x * (inv * 2^-out)), along another axis round((x * inv) * 2^-out); inv 0 -> 0."""
+        x = args[0]
+        p = int(node.attributes.get("p", 2))
+        axis = int(node.attributes.get("axis", -1)) % x.data.ndim
+        v = np.moveaxis(x.data, axis, -1)
+        if x.dtype == "float32":
+            f = v.astype(np.float32)
+            s = _seq_sum(np.abs(f)) if p == 1 else _seq_sum((f * f).astype(np.float32))
+            with np.errstate(divide="ignore"):
+                inv = np.where(s > 0, np.float32(1) / (s if p == 1 else np.sqrt(s)), 0).astype(np.float32)
+            y = np.where(inv[..., None] > 0, (f * inv[..., None]).astype(np.float32), 0)
+            return [QTensor(np.moveaxis(y.astype(np.float32), -1, axis), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        d = v.astype(np.int64)
+        s = (_seq_sum(np.abs(d).astype(np.float32)) if p == 1 else (d * d).sum(-1).astype(np.float32))
+        with np.errstate(divide="ignore"):
+            inv = np.where(s > 0, np.float32(1) / (s if p == 1 else np.sqrt(s)).astype(np.float32), 0)
+        inv = inv.astype(np.float32)[..., None]
+        r = np.float32(_rescale(out_exp))
+        if axis == x.data.ndim - 1:
+            res = d.astype(np.float32) * (inv * r).astype(np.float32)
+        else:
+            res = (d.astype(np.float32) * inv).astype(np.float32) * r
+        y = np.where(inv > 0, _round_sat(res, *RANGES[out_dtype]), 0)
+        return [QTensor(np.moveaxis(y, -1, axis).astype(out_dtype), out_exp, out_dtype)]
+
+
+    def _op_ScatterND(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_scatter_nd.hpp: copy `data`, then for each index tuple in order
+        write the update slice (reduction none) or combine it element by element: add / mul on the raw ints
+        saturated to the type (no rescale), max, min; float32 the same in float."""
+        data, ind, upd = args[0], _q(args[1]), _q(args[2])
+        red = node.attributes.get("reduction", "none")
+        red = red.decode() if isinstance(red, bytes) else red
+        is_float = data.dtype == "float32"
+        out = data.data.astype(np.float32 if is_float else np.int64).copy()
+        idx = np.asarray(ind.data).astype(np.int64)
+        k = idx.shape[-1]
+        idx = idx.reshape(-1, k)
+        u = np.asarray(upd.data).astype(out.dtype).reshape(idx.shape[0], *out.shape[k:])
+        lo, hi = (None, None) if is_float else RANGES[data.dtype]
+        for i, t in enumerate(idx):
+            t = tuple(int(v) for v in t)
+            cur = out[t]
+            if red == "add":
+                new = cur + u[i]
+            elif red == "mul":
+                new = cur * u[i]
+            elif red == "max":
+                new = np.maximum(cur, u[i])
+            elif red == "min":
+                new = np.minimum(cur, u[i])
+            else:
+                new = u[i]
+            out[t] = new if is_float else np.clip(new, lo, hi)
+        return [self._copy_out(node, data, out)]
 
 
 def _scale(e: int) -> float:
