@@ -46,7 +46,7 @@ FLOAT_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "HardSigmoid", "HardSwish"
              "DepthToSpace", "SpaceToDepth", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMax",
              "ReduceMin", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp", "LayerNormalization",
              "ReverseSequence", "RMSNormalization", "LpNormalization", "RequantizeLinear", "QuantizeLinear",
-             "DequantizeLinear", "ScatterND"}
+             "DequantizeLinear", "ScatterND", "InsertZeros"}
 RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}
 
 
@@ -1322,6 +1322,25 @@ class Interpreter:
                 new = u[i]
             out[t] = new if is_float else np.clip(new, lo, hi)
         return [self._copy_out(node, data, out)]
+
+
+    def _op_InsertZeros(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_insert_zeros.hpp (esp-ppq's ConvTranspose = InsertZeros + Conv,
+        esp_ppq/IR/morph.py decompose_convtranspose): NWC/NHWC, input pixel (h, w) copied to (h * sh, w * sw) of
+        a zeroed output of size in + (s - 1)(in - 1) + output_padding; raw copy."""
+        x = args[0]
+        nsp = x.data.ndim - 2
+        stride = list(node.attributes.get("stride") or [1])
+        opad = list(node.attributes.get("output_padding") or [0])
+        stride = stride * nsp if len(stride) == 1 else stride
+        opad = opad * nsp if len(opad) == 1 else opad
+        shape = list(x.data.shape)
+        for i in range(nsp):
+            shape[1 + i] = shape[1 + i] + (stride[i] - 1) * (shape[1 + i] - 1) + opad[i]
+        y = np.zeros(shape, x.data.dtype)
+        index = (slice(None),) + tuple(slice(0, x.data.shape[1 + i] * stride[i], stride[i]) for i in range(nsp))
+        y[index] = x.data
+        return [self._copy_out(node, x, y)]
 
 
 def _scale(e: int) -> float:
