@@ -263,6 +263,8 @@ def _conformance() -> list[Case]:
         ("resize_linear_align", lambda: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True), (1, 7, 3, 5), (), (8,)),
         ("matmul", lambda: _Binary(torch.matmul), (1, 3, 7), ((1, 7, 5),)),
         ("matmul_2d", lambda: _Binary(torch.matmul), (5, 33), ((33, 3),)),
+        ("matmul_const_batched", lambda: _Const(torch.matmul, (2, 10, 35)), (1, 3, 10), ()),  # packed input1
+        ("matmul_const_4d", lambda: _Const(torch.matmul, (3, 1, 7, 17)), (1, 5, 4, 7), ()),
         ("conv_transpose_s2", lambda: nn.ConvTranspose2d(7, 5, 3, stride=2, padding=1, output_padding=1), (1, 7, 4, 5), ()),
         ("conv_transpose_s3", lambda: nn.ConvTranspose2d(3, 8, (3, 2), stride=(3, 2)), (1, 3, 3, 4), ()),
     ]

@@ -1070,8 +1070,15 @@ class Interpreter:
 
     def _op_MatMul(self, node, args, notes):
         """esp-dl/dl/module/include/dl_module_matmul.hpp: runs as a 1x1 convolution with input1 as the filter
-        (dl_base_conv2d: int accumulation, out = sat(round_half_up(acc >> (e_out - e0 - e1)))), numpy batching."""
-        a, b = _q(args[0]), _q(args[1])
+        (dl_base_conv2d: int accumulation, out = sat(round_half_up(acc >> (e_out - e0 - e1)))), numpy batching.
+        A constant input1 (attribute input1_layout='packed', files without the attribute are packed too) is stored
+        per [K, N] matrix as a 1x1 conv filter, (N/16)HWC16 / (N/8)HWC8 (esp-ppq export_patterns.py
+        ResetParamLayoutPattern, MatMul branch)."""
+        a = _q(args[0])
+        if isinstance(args[1], Tensor) and node.attributes.get("input1_layout", "packed") == "packed":
+            b = QTensor(_unpack_matmul_weight(args[1]), args[1].exponent, args[1].dtype)
+        else:  # a graph value (native row-major KN) or an initializer marked native_kn
+            b = _q(args[1])
         if a.dtype == "float32":
             raise UserError(f"MatMul {node.name!r}: ESP-DL 3.3.9 has no float32 MatMul (dl_module_matmul.hpp)")
         out_exp, out_dtype = self._out_meta(node)
@@ -1341,6 +1348,25 @@ class Interpreter:
         index = (slice(None),) + tuple(slice(0, x.data.shape[1 + i] * stride[i], stride[i]) for i in range(nsp))
         y[index] = x.data
         return [self._copy_out(node, x, y)]
+
+
+def _unpack_matmul_weight(t: Tensor) -> np.ndarray:
+    """A packed constant MatMul operand -> its logical [..., K, N] (each [K, N] packed as an N x 1 x 1 x K conv
+    filter: the first floor(N/a)*a columns in blocks (n/a, K, a), a = 16 (int8) / 8 (int16), the rest as [n, K])."""
+    dims = tuple(t.dims)
+    k, n = dims[-2:]
+    layout = t.layout or ""
+    m = re.search(r"C(\d+)", layout)
+    if not m:  # not packed after all: row-major
+        return t.data.astype(np.int64).reshape(dims)
+    align = int(m.group(1))
+    aligned = n // align * align
+    mats = []
+    for flat in t.data.astype(np.int64).reshape(-1, k * n):
+        head = flat[: aligned * k].reshape(n // align, k, align).transpose(0, 2, 1).reshape(aligned, k)
+        tail = flat[aligned * k :].reshape(n - aligned, k)
+        mats.append(np.concatenate([head, tail], 0).T)
+    return np.stack(mats).reshape(dims)
 
 
 def _scale(e: int) -> float:
