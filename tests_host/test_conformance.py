@@ -2,7 +2,7 @@
 by esp-ppq (tests_host/opgen.py, cases `conf_*`, int8 and int16, several shapes each) must reproduce their
 embedded test values under ESP-DL's test() rule, as `quant verify` checks them.
 
-The full set is opt-in (`pytest --conformance` or `-m conformance`, about 80 models, a few minutes the first
+The full set is opt-in (`pytest --conformance` or `-m conformance`, about 100 models, a few minutes the first
 time; models are cached in pytest's cache folder); SAMPLE runs in the default suite."""
 
 import numpy as np
