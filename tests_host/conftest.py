@@ -73,3 +73,20 @@ def run_quant(*args: str, timeout: float = 120, env: dict | None = None, cwd: Pa
 @pytest.fixture
 def quant_cli():
     return run_quant
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--conformance", action="store_true",
+                     help="also run the interpreter's full operator conformance suite (marker `conformance`)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `conformance` are deselected unless --conformance is given or -m names the marker."""
+    if config.getoption("--conformance") or "conformance" in (config.getoption("-m") or ""):
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("conformance") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -114,6 +114,7 @@ class Case:
     marks: tuple[str, ...] = field(default=())
     all_values: bool = False             # embed test values for every intermediate tensor, not only outputs
     int16_float64: bool = False          # dispatch int16_ops to ESPDL_S3_H_PRE_INT16 (float64 simulation)
+    extra_inputs: tuple[tuple[int, ...], ...] = ()  # shapes of further graph inputs (binary operators)
 
 
 def _cases() -> list[Case]:
@@ -182,7 +183,99 @@ def _gesture(relu: bool) -> nn.Module:
     return convert_relu6_to_relu(model) if relu else model
 
 
-CASES: dict[str, Case] = {case.name: case for case in _cases()}
+class _Binary(nn.Module):
+    """fn(x, y) of the two graph inputs."""
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x, y):
+        return self.fn(x, y)
+
+
+class _Const(nn.Module):
+    """fn(x, c) with a seeded constant c of the given shape (exported as an initializer)."""
+
+    def __init__(self, fn: Callable, shape: tuple[int, ...], offset: float = 0.0):
+        super().__init__()
+        self.fn = fn
+        self.register_buffer("c", torch.randn(shape) + offset)
+
+    def forward(self, x):
+        return self.fn(x, self.c)
+
+
+def _conformance() -> list[Case]:
+    """One operator per model, int8 and int16, several shapes each (odd windows and paddings, channel counts
+    3, 7, 33, broadcasting): the conformance suite of the interpreter (tests_host/test_conformance.py)."""
+    F = nn.functional
+    # (name, module, input shape, further input shapes[, bit widths]); Resize is int8 only: ESP-DL 3.3.9's
+    # resize<int16_t> has an empty body (dl_base_resize.cpp) and its own op_cfg.toml tests Resize in int8 only
+    specs: list[tuple] = [
+        # element-wise binary (dl_base_elemwise.cpp shape merge: n_n, n_1 and 1_n kernels)
+        ("div_same", lambda: _Binary(torch.div), (1, 7, 5, 5), ((1, 7, 5, 5),)),
+        ("div_bcast_row", lambda: _Binary(torch.div), (1, 33, 3, 4), ((1, 1, 3, 4),)),
+        ("div_bcast_scalar_in", lambda: _Binary(torch.div), (1, 1, 1, 1), ((1, 3, 5, 7),)),
+        ("div_const", lambda: _Const(torch.div, (1,), 2.0), (1, 7, 3, 5), ()),
+        ("pow_sq", lambda: _Lambda(lambda x: torch.pow(x, 2.0)), (1, 7, 3, 5), ()),
+        ("pow_cube", lambda: _Lambda(lambda x: torch.pow(x, 3.0)), (1, 3, 5, 5), ()),
+        ("mod_const", lambda: _Lambda(lambda x: torch.fmod(x, 0.7)), (1, 7, 3, 5), ()),
+        ("greater", lambda: _Binary(torch.gt), (1, 7, 3, 5), ((1, 7, 3, 5),)),
+        ("less_bcast", lambda: _Binary(torch.lt), (1, 33, 2, 3), ((1, 33, 1, 1),)),
+        ("greater_equal", lambda: _Binary(torch.ge), (1, 3, 4, 5), ((1, 3, 4, 5),)),
+        ("less_equal", lambda: _Binary(torch.le), (1, 3, 4, 5), ((1, 3, 4, 5),)),
+        ("equal", lambda: _Binary(torch.eq), (1, 3, 4, 5), ((1, 3, 4, 5),)),
+        # unary
+        ("neg", lambda: _Lambda(torch.neg), (1, 7, 3, 5), ()),
+        ("elu", lambda: nn.ELU(), (1, 7, 3, 5), ()),
+        ("elu_alpha", lambda: nn.ELU(0.4), (1, 33, 2, 3), ()),
+        ("prelu_c7", lambda: nn.PReLU(7, 0.2), (1, 7, 5, 5), ()),
+        ("prelu_c33", lambda: nn.PReLU(33, 0.3), (1, 33, 3, 3), ()),
+        ("softmax_c", lambda: nn.Softmax(1), (1, 7, 3, 5), ()),
+        ("softmax_last", lambda: nn.Softmax(-1), (1, 3, 4, 33), ()),
+        ("softmax_2d", lambda: nn.Softmax(-1), (3, 10), ()),
+        ("log_softmax_c", lambda: nn.LogSoftmax(1), (1, 7, 3, 5), ()),
+        ("log_softmax_2d", lambda: nn.LogSoftmax(-1), (3, 10), ()),
+        # data movement
+        ("pad_const", lambda: _Lambda(lambda x: F.pad(x, (1, 2, 3, 0))), (1, 3, 5, 7), ()),
+        ("pad_const_value", lambda: _Lambda(lambda x: F.pad(x, (2, 1, 0, 3), value=0.5)), (1, 7, 4, 5), ()),
+        ("pad_reflect", lambda: _Lambda(lambda x: F.pad(x, (2, 1, 1, 2), mode="reflect")), (1, 7, 5, 6), ()),
+        ("pad_edge", lambda: _Lambda(lambda x: F.pad(x, (3, 0, 1, 1), mode="replicate")), (1, 33, 3, 4), ()),
+        ("gather", lambda: _Lambda(lambda x: x[:, :, torch.tensor([2, 0, 3])]), (1, 7, 5, 4), ()),
+        ("split", lambda: _Lambda(lambda x: torch.split(x, [2, 5], 1)), (1, 7, 3, 3), ()),
+        ("depth_to_space", lambda: nn.PixelShuffle(2), (1, 12, 3, 5), ()),
+        # reduce family
+        ("reduce_sum_hw", lambda: _Lambda(lambda x: x.sum((2, 3), keepdim=True)), (1, 7, 5, 3), ()),
+        ("reduce_sum_c", lambda: _Lambda(lambda x: x.sum(1)), (1, 33, 3, 2), ()),
+        ("reduce_max_c", lambda: _Lambda(lambda x: x.amax(1, keepdim=True)), (1, 7, 3, 5), ()),
+        ("reduce_min_hw", lambda: _Lambda(lambda x: x.amin((2, 3))), (1, 3, 5, 7), ()),
+        ("reduce_prod_w", lambda: _Lambda(lambda x: x.prod(3, keepdim=True)), (1, 3, 5, 7), ()),
+        ("reduce_l1_c", lambda: _Lambda(lambda x: torch.norm(x, 1, dim=1)), (1, 7, 3, 5), ()),
+        ("reduce_l2_hw", lambda: _Lambda(lambda x: torch.norm(x, 2, dim=(2, 3), keepdim=True)), (1, 7, 3, 5), ()),
+        ("reduce_lse_c", lambda: _Lambda(lambda x: torch.logsumexp(x, 1, keepdim=True)), (1, 7, 3, 5), ()),
+        # normalization, resize, matmul
+        ("layer_norm_last", lambda: nn.LayerNorm(10), (2, 7, 10), ()),
+        ("layer_norm_c33", lambda: nn.LayerNorm(33), (3, 33), ()),
+        ("resize_nearest_2x", lambda: nn.Upsample(scale_factor=2, mode="nearest"), (1, 7, 5, 5), (), (8,)),
+        ("resize_nearest_3x2", lambda: nn.Upsample(scale_factor=(3, 2), mode="nearest"), (1, 3, 3, 5), (), (8,)),
+        ("resize_linear_3x", lambda: nn.Upsample(scale_factor=3, mode="bilinear"), (1, 3, 4, 5), (), (8,)),
+        ("resize_linear_align", lambda: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True), (1, 7, 3, 5), (), (8,)),
+        ("matmul", lambda: _Binary(torch.matmul), (1, 3, 7), ((1, 7, 5),)),
+        ("matmul_2d", lambda: _Binary(torch.matmul), (5, 33), ((33, 3),)),
+        ("matmul_const_batched", lambda: _Const(torch.matmul, (2, 10, 35)), (1, 3, 10), ()),  # packed input1
+        ("matmul_const_4d", lambda: _Const(torch.matmul, (3, 1, 7, 17)), (1, 5, 4, 7), ()),
+        ("conv_transpose_s2", lambda: nn.ConvTranspose2d(7, 5, 3, stride=2, padding=1, output_padding=1), (1, 7, 4, 5), ()),
+        ("conv_transpose_s3", lambda: nn.ConvTranspose2d(3, 8, (3, 2), stride=(3, 2)), (1, 3, 3, 4), ()),
+    ]
+    cases = []
+    for name, make, shape, extra, *widths in specs:
+        for bits in (widths[0] if widths else (8, 16)):
+            cases.append(Case(f"conf_{name}_s{bits}", make, shape, bits, marks=("conformance",), extra_inputs=extra))
+    return cases
+
+
+CASES: dict[str, Case] = {case.name: case for case in _cases() + _conformance()}
 
 
 def _quiet():
@@ -205,8 +298,13 @@ def generate(case: Case, out_dir: Path, seed: int = 0) -> Path:
     model = case.make().eval()
     gen = torch.Generator().manual_seed(seed + 1)
     draw = torch.rand if case.uniform else torch.randn
-    calib = [draw(case.shape, generator=gen) * case.scale for _ in range(8)]
-    test_input = draw(case.shape, generator=gen) * case.scale
+    shapes = (case.shape,) + case.extra_inputs
+    batch = lambda: [draw(sh, generator=gen) * case.scale for sh in shapes]
+    calib = [batch() for _ in range(8)]
+    test_inputs = batch()
+    if not case.extra_inputs:
+        calib, test_inputs = [b[0] for b in calib], test_inputs
+    collate = (lambda b: b.to("cpu")) if not case.extra_inputs else (lambda b: [t.to("cpu") for t in b])
     with _quiet():
         from esp_ppq import QuantizationSettingFactory
         from esp_ppq.api import espdl_quantize_torch, get_target_platform
@@ -218,11 +316,12 @@ def generate(case: Case, out_dir: Path, seed: int = 0) -> Path:
             setting.dispatching_table.append(op, int16)
             setting.quantize_activation_setting.calib_algorithm_per_layer[op] = "minmax"
             setting.quantize_parameter_setting.calib_algorithm_per_layer[op] = "minmax"
-        names = _value_names(model, test_input, out_dir) if case.all_values else None
+        names = _value_names(model, test_inputs[0], out_dir) if case.all_values else None
         espdl_quantize_torch(
             model=model, test_output_names=names, espdl_export_file=str(target), calib_dataloader=calib, calib_steps=len(calib),
-            input_shape=list(case.shape), inputs=[test_input], target="esp32s3", num_of_bits=case.bits,
-            collate_fn=lambda b: b.to("cpu"), setting=setting, device="cpu", error_report=False,
+            input_shape=[list(sh) for sh in shapes] if case.extra_inputs else list(case.shape),
+            inputs=test_inputs if case.extra_inputs else [test_inputs[0]], target="esp32s3", num_of_bits=case.bits,
+            collate_fn=collate, setting=setting, device="cpu", error_report=False,
             skip_export=False, export_config=False, export_test_values=True, verbose=0,
         )
     return target

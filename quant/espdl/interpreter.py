@@ -42,7 +42,12 @@ from quant.errors import UserError
 from quant.tensor import Tensor
 
 # operators with a float32 path (quant_type F32 nodes, float tensors in and out)
-FLOAT_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "HardSigmoid", "HardSwish", "Swish", "LeakyRelu"}
+FLOAT_OPS = {"Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "HardSigmoid", "HardSwish", "Swish", "LeakyRelu",
+             "Div", "Pow", "Mod", "Neg", "Elu", "PRelu", "Softmax", "LogSoftmax", "Pad", "Gather", "Split",
+             "DepthToSpace", "SpaceToDepth", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceMax",
+             "ReduceMin", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp", "LayerNormalization",
+             "ReverseSequence", "RMSNormalization", "LpNormalization", "RequantizeLinear", "QuantizeLinear",
+             "DequantizeLinear", "ScatterND", "InsertZeros"}
 RANGES = {"int8": (-128, 127), "int16": (-32768, 32767), "int32": (-(2**31), 2**31 - 1)}
 
 
@@ -518,7 +523,18 @@ class Interpreter:
         return Tensor(saturate(rescale(data.astype(np.int64), x.exponent, out_exp), out_dtype), out_exp, out_dtype)
 
     def _op_RequantizeLinear(self, node, args, notes):
-        return [self._assign(node, args[0], args[0].data)]
+        """Registered for Requantize/Quantize/DequantizeLinear (dl_module_creator.hpp:154-155): `output->assign`
+        (dl_tensor_base.cpp:223-320): to float32 x * DL_SCALE(e_in); from float32 quantize<T>(x, DL_RESCALE(e_out))."""
+        x = args[0]
+        vi = self.model.values.get(node.outputs[0])
+        if vi is not None and vi.dtype == "float32":
+            if x.dtype == "float32":
+                return [QTensor(x.data.astype(np.float32), vi.exponent, "float32")]
+            return [QTensor(x.data.astype(np.float32) * np.float32(_scale(x.exponent)), vi.exponent, "float32")]
+        if x.dtype == "float32":
+            out_exp, out_dtype = self._out_meta(node)
+            return [QTensor(quantize_input(x.data, out_exp, out_dtype), out_exp, out_dtype)]
+        return [self._assign(node, x, x.data)]
 
     _op_QuantizeLinear = _op_RequantizeLinear
     _op_DequantizeLinear = _op_RequantizeLinear
@@ -649,6 +665,773 @@ class Interpreter:
     def _op_GlobalAveragePool(self, node, args, notes):
         data = _to_4d(args[0].data)
         return [self._average(node, args[0], list(data.shape[1:3]), notes)]
+
+
+    # ------------------------------------------------------------------------------------- ESP-DL 3.3.9 operators
+    # Element-wise binary operators share `get_elemwise_operation_args` (esp-dl/dl/base/dl_base_elemwise.cpp:38-185):
+    # input0_scale = DL_SCALE(e0), input1_scale = DL_SCALE(e1), output_rescale = DL_RESCALE(e_out) (float32), and a
+    # merge of the broadcast shapes whose innermost lengths (input0_d0 / input1_d0) pick the kernel variant
+    # (n_n, n_1 = input1 scalar per row, 1_n = input0 scalar per row); the variants round differently.
+    def _binary(self, node, args):
+        a, b = _q(args[0]), _q(args[1])
+        out_shape = np.broadcast_shapes(a.data.shape, b.data.shape)
+        d0a, d0b = _elemwise_d0(a.data.shape, b.data.shape, out_shape)
+        return a, b, out_shape, d0a, d0b
+
+    def _float_binary(self, node, a, b, fn):
+        fa = a.data.astype(np.float32) if a.dtype == "float32" else a.real().astype(np.float32)
+        fb = b.data.astype(np.float32) if b.dtype == "float32" else b.real().astype(np.float32)
+        with np.errstate(all="ignore"):
+            y = fn(fa, fb).astype(np.float32)
+        return [QTensor(y, self._out_meta(node)[0] if node.outputs[0] in self.model.values else 0, "float32")]
+
+    def _op_Div(self, node, args, notes):
+        """esp-dl/dl/base/dl_base_div.cpp: rescale = output_rescale * input0_scale / input1_scale (float32);
+        n_n / 1_n: round(in0 * rescale / in1); n_1: round(in0 * (rescale / in1)); in0 == 0 -> 0, in1 == 0 -> the
+        type's max/min by the sign of in0. int8 with a one-element operand uses a 256-entry LUT (create_div_lut):
+        for a scalar dividend, 0 in the divisor gives 127 if the dividend is > 0 else -128 (even for 0 / 0).
+        Float32: a / b (n_1: a * (1 / b))."""
+        a, b, shape, d0a, d0b = self._binary(node, args)
+        if self._is_float(node) or a.dtype == "float32":
+            if d0b == 1:
+                return self._float_binary(node, a, b, lambda x, y: x * (np.float32(1.0) / y).astype(np.float32))
+            return self._float_binary(node, a, b, lambda x, y: x / y)
+        out_exp, out_dtype = self._out_meta(node)
+        lo, hi = RANGES[out_dtype]
+        rescale = np.float32(_rescale(out_exp)) * np.float32(_scale(a.exponent)) / np.float32(_scale(b.exponent))
+        x = np.broadcast_to(a.data.astype(np.int64), shape)
+        y = np.broadcast_to(b.data.astype(np.int64), shape)
+        xf, yf = x.astype(np.float32), y.astype(np.float32)
+        int8 = a.dtype == "int8"
+        lut = int8 and (a.data.size == 1 or b.data.size == 1)
+        with np.errstate(all="ignore"):
+            if (int8 and d0a == 1) or (not int8 and d0b != 1 and d0a == 1):  # 1_n (int8 checks input0_d0 first)
+                v = (xf * rescale).astype(np.float32) / yf
+                variant = "1_n"
+            elif d0b == 1:  # n_1
+                v = xf * (rescale / yf).astype(np.float32)
+                variant = "n_1"
+            else:
+                v = (xf * rescale).astype(np.float32) / yf
+                variant = "n_n"
+            q = _round_sat(v, lo, hi)
+        zero_div = np.where(x > 0, hi, lo)
+        if lut and variant == "1_n" and a.data.size == 1:  # create_div_lut, input0_d0 == 1 branch
+            out = np.where(y == 0, np.where(np.float32(a.data.reshape(-1)[0]) * rescale > 0, hi, lo), q)
+        elif lut and variant == "n_1" and b.data.size == 1:  # create_div_lut, input1_d0 == 1 branch
+            out = np.where(x == 0, 0, q)
+        else:
+            out = np.where(x == 0, 0, np.where(y == 0, zero_div, q))
+        return [QTensor(out.astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_Pow(self, node, args, notes):
+        """esp-dl/dl/base/dl_base_pow.cpp: round(powf(in0 * s0, in1 * s1) * output_rescale) in every variant."""
+        a, b, shape, _, _ = self._binary(node, args)
+        if self._is_float(node) or a.dtype == "float32":
+            return self._float_binary(node, a, b, np.power)
+        out_exp, out_dtype = self._out_meta(node)
+        base = a.data.astype(np.float32) * np.float32(_scale(a.exponent))
+        ex = b.data.astype(np.float32) * np.float32(_scale(b.exponent))
+        with np.errstate(all="ignore"):
+            v = np.power(base, ex).astype(np.float32) * np.float32(_rescale(out_exp))
+        return [QTensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_Mod(self, node, args, notes):
+        """esp-dl/dl/base/dl_base_mod.cpp: round(fmodf(in0 * s0, in1 * s1) * output_rescale), 0 where the divisor
+        is 0 (C fmod: the sign follows the dividend)."""
+        a, b, shape, _, _ = self._binary(node, args)
+        fmod = lambda x, y: np.where(y != 0, np.fmod(x, np.where(y != 0, y, 1)), 0).astype(np.float32)
+        if self._is_float(node) or a.dtype == "float32":
+            return self._float_binary(node, a, b, fmod)
+        out_exp, out_dtype = self._out_meta(node)
+        x = a.data.astype(np.float32) * np.float32(_scale(a.exponent))
+        y = b.data.astype(np.float32) * np.float32(_scale(b.exponent))
+        v = fmod(x, y) * np.float32(_rescale(out_exp))
+        return [QTensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
+
+    def _compare(self, node, args, notes, fn):
+        """esp-dl/dl/base/dl_base_{greater,greaterorequal,less,lessorequal,equal}.cpp: the raw integers are
+        compared (the exponents are not consulted; esp-ppq aligns them), output bool."""
+        a, b = _q(args[0]), _q(args[1])
+        if a.exponent != b.exponent and a.dtype != "float32":
+            notes.append(Note(node.name, f"{node.op_type} compares raw ints of exponents "
+                                                   f"{a.exponent} and {b.exponent}"))
+        y = fn(a.data.astype(np.int64) if a.dtype != "float32" else a.data,
+               b.data.astype(np.int64) if b.dtype != "float32" else b.data)
+        return [QTensor(y.astype(bool), 0, "bool")]
+
+    def _op_Greater(self, node, args, notes):
+        return self._compare(node, args, notes, np.greater)
+
+    def _op_GreaterOrEqual(self, node, args, notes):
+        return self._compare(node, args, notes, np.greater_equal)
+
+    def _op_Less(self, node, args, notes):
+        return self._compare(node, args, notes, np.less)
+
+    def _op_LessOrEqual(self, node, args, notes):
+        return self._compare(node, args, notes, np.less_equal)
+
+    def _op_Equal(self, node, args, notes):
+        return self._compare(node, args, notes, np.equal)
+
+    def _op_Neg(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_neg.hpp: -x on the raw ints, INT_MIN -> INT_MAX; float: -x."""
+        x = args[0]
+        if x.dtype == "float32":
+            return [QTensor(-x.data.astype(np.float32), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        lo, hi = RANGES[x.dtype]
+        d = x.data.astype(np.int64)
+        return [QTensor(np.where(d == lo, hi, -d).astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_Elu(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_elu.hpp: t = x * s_in (float32); t >= 0: round(t * rescale_out),
+        else round(alpha * (expf(t) - 1) * rescale_out)."""
+        x = args[0]
+        alpha = np.float32(node.attributes.get("alpha", 1.0))
+        if x.dtype == "float32" or self._is_float(node):
+            v = x.data.astype(np.float32) if x.dtype == "float32" else x.real().astype(np.float32)
+            y = np.where(v < 0, alpha * (np.exp(v) - np.float32(1)), v).astype(np.float32)
+            return [QTensor(y, 0, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        t = x.data.astype(np.float32) * np.float32(_scale(x.exponent))
+        r = np.float32(_rescale(out_exp))
+        with np.errstate(over="ignore"):
+            neg = (alpha * (np.exp(t).astype(np.float32) - np.float32(1))).astype(np.float32) * r
+        v = np.where(t >= 0, t * r, neg)
+        return [QTensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_PRelu(self, node, args, notes):
+        """esp-dl/dl/base/isa/tie728/dl_tie728_s8_prelu.S (S3, int8 and int16 alike; args from
+        dl_base.hpp get_activation_args): x < 0: sat(round_half_up(x * alpha >> (e_out - e_in - e_alpha)));
+        x > 0: sat(round_half_up(x * output_scale >> output_shift)) with the e_out - e_in shift; x == 0: 0."""
+        x, alpha = args[0], _q(args[1])
+        out_exp, out_dtype = self._out_meta(node)
+        # alpha broadcasts as stored: [C] (NHWC, channels last) or [C, 1, 1] (a graph esp-ppq left in NCHW)
+        if x.dtype == "float32":
+            a = alpha.data.astype(np.float32)
+            a = a.reshape(-1)[0] if a.size == 1 else a
+            return [QTensor(np.where(x.data >= 0, x.data, x.data * a).astype(np.float32), x.exponent, "float32")]
+        d = x.data.astype(np.int64)
+        a = alpha.data.astype(np.int64)
+        a = a.reshape(-1)[0] if a.size == 1 else a
+        neg = saturate(shift_round(d * a, out_exp - x.exponent - alpha.exponent), out_dtype)
+        shift = out_exp - x.exponent
+        pos = saturate(shift_round(d, shift), out_dtype)
+        return [QTensor(np.where(d < 0, neg, np.where(d > 0, pos, 0)).astype(out_dtype), out_exp, out_dtype)]
+
+    def _softmax_float(self, v: np.ndarray, axis: int, log: bool) -> np.ndarray:
+        """dl_module_softmax.hpp / dl_module_log_softmax.hpp forward_float: per slice, max, sequential float32
+        sum of expf(x - max), then e / sum (log: x - max - logf(sum))."""
+        v = np.moveaxis(v.astype(np.float32), axis, -1)
+        m = v.max(axis=-1, keepdims=True)
+        e = np.exp(v - m).astype(np.float32)
+        s = _seq_sum(e)
+        if log:
+            y = (v - m).astype(np.float32) - np.log(s).astype(np.float32)[..., None]
+        else:
+            y = e / s[..., None]
+        return np.moveaxis(y.astype(np.float32), -1, axis)
+
+    def _softmax(self, node, args, log: bool):
+        x = args[0]
+        axis = int(node.attributes.get("axis", -1)) % max(x.data.ndim, 1)
+        if x.dtype == "int8":  # forward_lut: table = expf(s * (i - 128)) (dl_tool.cpp gen_lut_8bit), no max subtracted
+            scale = np.float32(_scale(x.exponent))
+            table = np.exp(scale * (np.arange(256, dtype=np.float32) - 128)).astype(np.float32)
+            e = np.moveaxis(table[x.data.astype(np.int64) + 128], axis, -1)
+            s = _seq_sum(e)
+            if log:
+                v = np.moveaxis(x.data, axis, -1).astype(np.float32) * scale
+                y = v - np.log(s).astype(np.float32)[..., None]
+            else:
+                y = e / s[..., None]
+            y = np.moveaxis(y.astype(np.float32), -1, axis)
+        else:  # int16: x * s in float32, then forward_float; float32: forward_float
+            v = x.data.astype(np.float32) if x.dtype == "float32" else (
+                x.data.astype(np.float32) * np.float32(_scale(x.exponent)))
+            y = self._softmax_float(v, axis, log)
+        return [QTensor(y, 0, "float32")]
+
+    def _op_Softmax(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_softmax.hpp: the output is float32 for int8, int16 and float."""
+        return self._softmax(node, args, log=False)
+
+    def _op_LogSoftmax(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_log_softmax.hpp: int8 x * s - logf(sum of the exp table), float32
+        output; int16/float forward_float."""
+        return self._softmax(node, args, log=True)
+
+    def _op_Pad(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_pad.hpp + TensorBase::pad (dl_tensor_base.cpp:1225): raw copy of the
+        input, modes constant (the constant initializer's raw value, 0 without), edge, reflect."""
+        x = args[0]
+        mode = node.attributes.get("mode", "constant")
+        if isinstance(mode, bytes):
+            mode = mode.decode()
+        pads = [int(p) for p in np.asarray(_q(args[1]).data).reshape(-1)] if len(args) > 1 and args[1] is not None \
+            else [int(p) for p in node.attributes.get("pads")]
+        n = x.data.ndim
+        width = [(pads[i], pads[i + n]) for i in range(n)]
+        if mode == "constant":
+            c = 0
+            if len(args) > 2 and args[2] is not None:
+                c = _q(args[2]).data.reshape(-1)[0]
+            y = np.pad(x.data, width, mode="constant", constant_values=c)
+        elif mode in ("edge", "reflect"):
+            y = np.pad(x.data, width, mode=mode)
+        else:
+            raise UserError(f"Pad {node.name!r}: mode {mode!r} is not supported by ESP-DL (constant, edge, reflect)")
+        if x.dtype == "float32":
+            return [QTensor(y.astype(np.float32), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        self._same_exponents(node, [x], out_exp, notes, "Pad")
+        return [QTensor(y.astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_Gather(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_gather.hpp: copies input slices along `axis` for each index
+        (negative indices count from the end)."""
+        x, idx = args[0], _q(args[1])
+        axis = int(node.attributes.get("axis", 0)) % x.data.ndim
+        ind = np.asarray(idx.data).astype(np.int64)
+        ind = np.where(ind < 0, ind + x.data.shape[axis], ind)
+        y = np.take(x.data, ind, axis=axis)
+        if x.dtype == "float32":
+            return [QTensor(y, x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        return [QTensor(y.astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_Split(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_split.hpp: consecutive slices along `axis`, sized as the outputs."""
+        x = args[0]
+        axis = int(node.attributes.get("axis", 0)) % x.data.ndim
+        outs, start = [], 0
+        for i, name in enumerate(node.outputs):
+            vi = self.model.values.get(name)
+            if vi is not None and vi.shape:
+                size = int(vi.shape[axis])
+            else:
+                split = node.attributes.get("split")
+                if split is None and len(args) > 1 and args[1] is not None:
+                    split = [int(v) for v in np.asarray(_q(args[1]).data).reshape(-1)]
+                size = int(split[i]) if split else x.data.shape[axis] // len(node.outputs)
+            part = np.take(x.data, np.arange(start, start + size), axis=axis)
+            start += size
+            if x.dtype == "float32":
+                outs.append(QTensor(part, x.exponent, "float32"))
+            else:
+                out_exp, out_dtype = self._out_meta(node, i)
+                outs.append(QTensor(part.astype(out_dtype), out_exp, out_dtype))
+        return outs
+
+    def _op_DepthToSpace(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_depth_to_space.hpp:24-71 (NHWC), ported index for index, including
+        its DCR formula (out_c = c % blocksize, h += c / blocksize^2)."""
+        x = args[0]
+        bs = int(node.attributes.get("blocksize"))
+        mode = node.attributes.get("mode", "DCR")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        n, h, w, c = x.data.shape
+        oc = c // (bs * bs)
+        out = np.zeros((n, h * bs, w * bs, oc), x.data.dtype).reshape(n, -1)
+        cc = np.arange(c)
+        hh, ww = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        if mode == "CRD":
+            o_c, o_h, o_w = cc // (bs * bs), (cc % (bs * bs)) // bs, cc % bs
+        else:
+            o_c, o_h, o_w = cc % bs, cc // (bs * bs), (cc % (bs * bs)) // bs
+        idx = ((hh[..., None] * bs + o_h) * (w * bs * oc) + (ww[..., None] * bs + o_w) * oc + o_c).reshape(-1)
+        for b in range(n):
+            out[b, idx] = x.data[b].reshape(-1)
+        out = out.reshape(n, h * bs, w * bs, oc)
+        return [self._copy_out(node, x, out)]
+
+    def _op_SpaceToDepth(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_space_to_depth.hpp:23-48 (NHWC): out channel = c * bs^2 + dh * bs + dw
+        (channel-major, not ONNX's (dh * bs + dw) * C + c)."""
+        x = args[0]
+        bs = int(node.attributes.get("blocksize"))
+        n, h, w, c = x.data.shape
+        y = x.data.reshape(n, h // bs, bs, w // bs, bs, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h // bs, w // bs, -1)
+        return [self._copy_out(node, x, y)]
+
+    def _copy_out(self, node, x, y):
+        if x.dtype == "float32":
+            return QTensor(y.astype(np.float32), x.exponent, "float32")
+        out_exp, out_dtype = self._out_meta(node)
+        return QTensor(y.astype(out_dtype), out_exp, out_dtype)
+
+    # Reduce family (esp-dl/dl/module/include/dl_module_reduce_base.hpp + dl_module_reduce_<op>.hpp): the reduced
+    # elements of each output are visited in row-major order; integer sums in int32 (int8) / int64 (int16).
+    def _reduce_setup(self, node, args):
+        x = args[0]
+        axes = node.attributes.get("axes")
+        if axes is None and len(args) > 1 and args[1] is not None:
+            axes = [int(a) for a in np.asarray(_q(args[1]).data).reshape(-1)]
+        nd = x.data.ndim
+        if not axes:
+            axes = list(range(nd)) if not node.attributes.get("noop_with_empty_axes", 0) else []
+        axes = sorted({int(a) % nd for a in axes})
+        keep = [i for i in range(nd) if i not in axes]
+        moved = np.transpose(x.data, keep + axes)
+        k = int(np.prod([x.data.shape[a] for a in axes])) if axes else 1
+        flat = moved.reshape(-1, k)
+        if node.attributes.get("keepdims", 1):
+            oshape = tuple(1 if i in axes else x.data.shape[i] for i in range(nd))
+        else:
+            oshape = tuple(x.data.shape[i] for i in keep) or (1,)
+        return x, flat, oshape
+
+    def _reduce_int(self, node, args, kind):
+        x, flat, oshape = self._reduce_setup(node, args)
+        is_float = x.dtype == "float32"
+        if is_float:
+            f = flat.astype(np.float32)
+            y = {"sum": lambda: _seq_sum(f), "l1": lambda: _seq_sum(np.abs(f)),
+                 "sumsq": lambda: _seq_sum(f * f), "max": lambda: f.max(1), "min": lambda: f.min(1),
+                 "l2": lambda: _sqrt_newton(_seq_sum(f * f)), "logsum": lambda: np.log(_seq_sum(f)),
+                 "prod": lambda: _seq_prod(f), "logsumexp": lambda: np.log(_seq_sum(np.exp(f).astype(np.float32))),
+                 }[kind]()
+            return [QTensor(np.asarray(y, np.float32).reshape(oshape), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        lo, hi = RANGES[out_dtype]
+        d = flat.astype(np.int64)
+        e_in = x.exponent
+        if kind in ("max", "min"):  # raw ints, no rescale
+            y = d.max(1) if kind == "max" else d.min(1)
+        elif kind in ("sum", "l1"):  # shift_and_round(sum, e_out - e_in), truncate
+            s = np.abs(d).sum(1) if kind == "l1" else d.sum(1)
+            y = np.clip(shift_round(s, out_exp - e_in), lo, hi)
+        elif kind == "sumsq":  # shift_and_round(sum x^2, e_out - 2 e_in)
+            y = np.clip(shift_round((d * d).sum(1), out_exp - 2 * e_in), lo, hi)
+        elif kind == "l2":  # round(sqrt_newton(sum x^2 * DL_SCALE(2 e_in)) * DL_RESCALE(e_out))
+            s = (d * d).sum(1).astype(np.float32) * np.float32(_scale(2 * e_in))
+            y = _round_sat(_sqrt_newton(s) * np.float32(_rescale(out_exp)), lo, hi)
+        elif kind == "logsum":  # round(logf(sum * s_in) * rescale)
+            s = d.sum(1).astype(np.float32) * np.float32(_scale(e_in))
+            with np.errstate(all="ignore"):
+                y = _round_sat(np.log(s).astype(np.float32) * np.float32(_rescale(out_exp)), lo, hi)
+        elif kind == "prod":  # float (int8) / double (int16) product of x * s_in, round(p * rescale)
+            v = d.astype(np.float32) * np.float32(_scale(e_in))
+            p = _seq_prod(v, np.float32 if x.dtype == "int8" else np.float64)
+            y = _round_sat(p * np.float32(_rescale(out_exp)), lo, hi)
+        elif kind == "logsumexp":  # float32 sum of expf(x * s_in) (int8: gen_lut_8bit table), logf, round
+            v = d.astype(np.float32) * np.float32(_scale(e_in))
+            s = _seq_sum(np.exp(v).astype(np.float32))
+            with np.errstate(all="ignore"):
+                y = _round_sat(np.log(s).astype(np.float32) * np.float32(_rescale(out_exp)), lo, hi)
+        else:
+            raise AssertionError(kind)
+        return [QTensor(np.asarray(y).reshape(oshape).astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_ReduceSum(self, node, args, notes):
+        return self._reduce_int(node, args, "sum")
+
+    def _op_ReduceL1(self, node, args, notes):
+        return self._reduce_int(node, args, "l1")
+
+    def _op_ReduceL2(self, node, args, notes):
+        return self._reduce_int(node, args, "l2")
+
+    def _op_ReduceSumSquare(self, node, args, notes):
+        return self._reduce_int(node, args, "sumsq")
+
+    def _op_ReduceMax(self, node, args, notes):
+        return self._reduce_int(node, args, "max")
+
+    def _op_ReduceMin(self, node, args, notes):
+        return self._reduce_int(node, args, "min")
+
+    def _op_ReduceProd(self, node, args, notes):
+        return self._reduce_int(node, args, "prod")
+
+    def _op_ReduceLogSum(self, node, args, notes):
+        return self._reduce_int(node, args, "logsum")
+
+    def _op_ReduceLogSumExp(self, node, args, notes):
+        return self._reduce_int(node, args, "logsumexp")
+
+
+    def _op_MatMul(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_matmul.hpp: runs as a 1x1 convolution with input1 as the filter
+        (dl_base_conv2d: int accumulation, out = sat(round_half_up(acc >> (e_out - e0 - e1)))), numpy batching.
+        A constant input1 (attribute input1_layout='packed', files without the attribute are packed too) is stored
+        per [K, N] matrix as a 1x1 conv filter, (N/16)HWC16 / (N/8)HWC8 (esp-ppq export_patterns.py
+        ResetParamLayoutPattern, MatMul branch)."""
+        a = _q(args[0])
+        if isinstance(args[1], Tensor) and node.attributes.get("input1_layout", "packed") == "packed":
+            b = QTensor(_unpack_matmul_weight(args[1]), args[1].exponent, args[1].dtype)
+        else:  # a graph value (native row-major KN) or an initializer marked native_kn
+            b = _q(args[1])
+        if a.dtype == "float32":
+            raise UserError(f"MatMul {node.name!r}: ESP-DL 3.3.9 has no float32 MatMul (dl_module_matmul.hpp)")
+        out_exp, out_dtype = self._out_meta(node)
+        acc = np.matmul(a.data.astype(np.int64), b.data.astype(np.int64))
+        y = shift_round(acc, out_exp - a.exponent - b.exponent)
+        if node.attributes.get("activation", "Linear") == "Relu":
+            y = np.maximum(y, 0)
+        return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
+
+    def _op_Resize(self, node, args, notes):
+        """esp-dl/dl/base/dl_base_resize.cpp + dl_base_resize.hpp (NWC/NHWC data, NCHW scales): nearest is
+        'asymmetric' (in = min((int)(out * (1 / scale)), n - 1)), the value rescaled by round(x * output_scale /
+        2^output_shift); linear is 'half_pixel' ('align_corners' when asked), computed in float32 on dequantized
+        values and quantized with round half up. ESP-DL 3.3.9's resize<int16_t> is empty (:297-308), so int16 is
+        refused."""
+        x = args[0]
+        if x.dtype != "int8":
+            raise UserError(f"Resize {node.name!r}: ESP-DL 3.3.9 computes Resize only in int8 (resize<int16_t> in "
+                            f"dl_base_resize.cpp has an empty body): quantize this node to int8")
+        out_exp, out_dtype = self._out_meta(node)
+        mode = node.attributes.get("mode", "nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        ctm = node.attributes.get("coordinate_transformation_mode", "half_pixel")
+        ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+        align = ctm == "align_corners"
+        vi = self.model.values.get(node.outputs[0])
+        d = x.data
+        squeeze = d.ndim == 3
+        d4 = d[:, None] if squeeze else d
+        n, ih, iw, c = d4.shape
+        scales = None
+        if len(args) > 2 and args[2] is not None and _q(args[2]).data.size:
+            scales = [float(v) for v in np.asarray(_q(args[2]).data, np.float32).reshape(-1)]
+        if vi is not None and vi.shape:
+            oshape = list(vi.shape)
+            oh, ow = (1, oshape[1]) if squeeze else (oshape[1], oshape[2])
+        else:
+            oh, ow = (1, int(iw * scales[2])) if squeeze else (int(ih * scales[2]), int(iw * scales[3]))
+        if scales is None:  # sizes given: Resize::get_output_shape scales = out / in
+            scales = [1.0, 1.0] + ([np.float32(ow) / np.float32(iw)] if squeeze else
+                                   [np.float32(oh) / np.float32(ih), np.float32(ow) / np.float32(iw)])
+        sh = np.float32(1.0) if squeeze else np.float32(scales[2])
+        sw = np.float32(scales[2] if squeeze else scales[3])
+        if mode != "nearest" and align:
+            sw = np.float32(ow - 1) / np.float32(iw - 1)
+            if not squeeze:
+                sh = np.float32(oh - 1) / np.float32(ih - 1)
+        sh_inv, sw_inv = np.float32(1) / sh, np.float32(1) / sw
+        if mode == "nearest":
+            shift = out_exp - x.exponent
+            oscale = 1 << -shift if shift < 0 else 1
+            shift = max(shift, 0)
+            yi = np.minimum((np.arange(oh, dtype=np.float32) * sh_inv).astype(np.int64), ih - 1)
+            xi = np.minimum((np.arange(ow, dtype=np.float32) * sw_inv).astype(np.int64), iw - 1)
+            g = d4[:, yi][:, :, xi].astype(np.float32)
+            y = _round_sat(g * np.float32(oscale) / np.float32(1 << shift), *RANGES[out_dtype])
+        elif mode == "linear":
+            def coeffs(n_out, n_in, inv):
+                o = np.arange(n_out, dtype=np.float32)
+                f = (o * inv) if align else ((o + np.float32(0.5)) * inv - np.float32(0.5))
+                f = f.astype(np.float32)
+                i0 = np.floor(f).astype(np.int64)
+                f = (f - i0.astype(np.float32)).astype(np.float32)
+                f = np.where(i0 < 0, np.float32(0), f)
+                i0 = np.where(i0 < 0, 0, i0)
+                over = i0 >= n_in - 1
+                i0 = np.where(over, n_in - 2, i0)
+                f = np.where(over, np.float32(1), f).astype(np.float32)
+                return i0, (np.float32(1) - f).astype(np.float32), f
+            s_in, r_out = np.float32(_scale(x.exponent)), np.float32(_rescale(out_exp))
+            v = d4.astype(np.float32) * s_in
+            x0, xr0, xr1 = coeffs(ow, iw, sw_inv)
+            rows = (v[:, :, x0] * xr0[None, None, :, None]).astype(np.float32) + \
+                (v[:, :, x0 + 1] * xr1[None, None, :, None]).astype(np.float32)
+            rows = rows.astype(np.float32)
+            if squeeze:
+                out = rows
+            else:
+                y0, yr0, yr1 = coeffs(oh, ih, sh_inv)
+                out = (rows[:, y0] * yr0[None, :, None, None]).astype(np.float32) + \
+                    (rows[:, y0 + 1] * yr1[None, :, None, None]).astype(np.float32)
+            y = _round_sat(out.astype(np.float32) * r_out, *RANGES[out_dtype])
+        else:
+            raise UserError(f"Resize {node.name!r}: mode {mode!r} is not supported by ESP-DL (nearest, linear)")
+        y = y.astype(out_dtype)
+        return [QTensor(y[:, 0] if squeeze else y, out_exp, out_dtype)]
+
+
+    def _op_LayerNormalization(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_layer_normalization.hpp: per slice over the axes from `axis` on.
+        Integers: mean = (double)(int sum) / n, variance = sequential float32 sum of (x - mean)^2 over the raw
+        ints, times s_in^2 / n; inv_std = 1 / sqrt_newton(var + eps); y = round(((x*s_in - mean*s_in) * inv_std *
+        (scale*s_scale) + bias*s_bias) * 2^-out). Float32: the same on floats (mean also a sequential sum)."""
+        x = args[0]
+        scale = _q(args[1]) if len(args) > 1 and args[1] is not None else None
+        bias = _q(args[2]) if len(args) > 2 and args[2] is not None else None
+        eps = np.float32(node.attributes.get("epsilon", 1e-5))
+        axis = int(node.attributes.get("axis", -1)) % x.data.ndim
+        outer = int(np.prod(x.data.shape[:axis]))
+        flat = x.data.reshape(outer, -1)
+        inner = flat.shape[1]
+        is_float = x.dtype == "float32"
+        sc = np.ones(inner, np.float32) if scale is None else (
+            scale.data.astype(np.float32).reshape(-1) if scale.dtype == "float32" else
+            scale.data.astype(np.float32).reshape(-1) * np.float32(_scale(scale.exponent)))
+        bi = np.zeros(inner, np.float32) if bias is None else (
+            bias.data.astype(np.float32).reshape(-1) if bias.dtype == "float32" else
+            bias.data.astype(np.float32).reshape(-1) * np.float32(_scale(bias.exponent)))
+        sc, bi = np.broadcast_to(sc, (inner,)), np.broadcast_to(bi, (inner,))
+        if is_float:
+            f = flat.astype(np.float32)
+            mean = (_seq_sum(f) / np.float32(inner)).astype(np.float32)
+            diff = (f - mean[:, None]).astype(np.float32)
+            var = (_seq_sum((diff * diff).astype(np.float32)) / np.float32(inner)).astype(np.float32)
+            inv = (np.float32(1) / _sqrt_newton((var + eps).astype(np.float32))).astype(np.float32)
+            y = ((diff * inv[:, None]).astype(np.float32) * sc).astype(np.float32) + bi
+            return [QTensor(y.astype(np.float32).reshape(x.data.shape), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        s_in = np.float32(_scale(x.exponent))
+        total = flat.astype(np.int64).sum(1)
+        mean = (total.astype(np.float64) * 1.0 / inner).astype(np.float32)
+        diff = (flat.astype(np.float32) - mean[:, None]).astype(np.float32)
+        var = _seq_sum((diff * diff).astype(np.float32))
+        mean_r = (mean * s_in).astype(np.float32)
+        var = (var * (s_in * s_in)).astype(np.float32)
+        var = (var / np.float32(inner)).astype(np.float32)
+        inv = (np.float32(1) / _sqrt_newton((var + eps).astype(np.float32))).astype(np.float32)
+        xv = (flat.astype(np.float32) * s_in).astype(np.float32)
+        norm = ((xv - mean_r[:, None]).astype(np.float32) * inv[:, None]).astype(np.float32)
+        res = ((norm * sc).astype(np.float32) + bi).astype(np.float32)
+        y = _round_sat(res * np.float32(_rescale(out_exp)), *RANGES[out_dtype])
+        outs = [QTensor(y.reshape(x.data.shape).astype(out_dtype), out_exp, out_dtype)]
+        for i, (val, name) in enumerate(((mean, "mean"), (inv, "inv_std")), start=1):
+            if len(node.outputs) > i and node.outputs[i]:
+                e, dt = self._out_meta(node, i)
+                v = (val * s_in * np.float32(_rescale(e))) if name == "mean" else (val * np.float32(_rescale(e)))
+                vi = self.model.values.get(node.outputs[i])
+                shp = tuple(vi.shape) if vi is not None and vi.shape else val.shape
+                outs.append(QTensor(_round_sat(v, *RANGES[dt]).reshape(shp).astype(dt), e, dt))
+        return outs
+
+    def _op_ReverseSequence(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_reverse_sequence.hpp: copy, then swap time steps t and len-1-t of
+        each batch through an `int temp` (so a float32 value moved to the back is truncated toward zero)."""
+        x, lens = args[0], _q(args[1])
+        b_ax = int(node.attributes.get("batch_axis", 1))
+        t_ax = int(node.attributes.get("time_axis", 0))
+        y = x.data.copy()
+        for b, n in enumerate(np.asarray(lens.data).astype(np.int64).reshape(-1)):
+            for t in range(int(n) // 2):
+                i1 = [slice(None)] * y.ndim
+                i2 = [slice(None)] * y.ndim
+                i1[b_ax] = i2[b_ax] = b
+                i1[t_ax], i2[t_ax] = t, int(n) - 1 - t
+                first = y[tuple(i1)].copy()
+                y[tuple(i1)] = y[tuple(i2)]
+                y[tuple(i2)] = np.trunc(first) if x.dtype == "float32" else first
+        return [self._copy_out(node, x, y)]
+
+
+    def _op_RMSNormalization(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_rms_normalization.hpp (DL_FAST_MATH 0: fast_inv_sqrt = 1 / sqrtf)
+        + isa/tie728/dl_tie728_rms_normalization.S: per slice from `axis` on, rms = 1 / sqrtf((float)(int sum of
+        x^2) * s_in^2 / n + eps) * (s_in * 2^-out); y = sat(floor(x * rms * scale + 0.5f)) (scale read as float)."""
+        x, scale = args[0], _q(args[1])
+        eps = np.float32(node.attributes.get("epsilon", 1e-5))
+        axis = int(node.attributes.get("axis", -1)) % x.data.ndim
+        outer = int(np.prod(x.data.shape[:axis]))
+        flat = x.data.reshape(outer, -1)
+        inner = flat.shape[1]
+        sc = scale.data.astype(np.float32).reshape(-1)
+        if scale.dtype != "float32":
+            notes.append(Note(node.name, f"RMSNormalization scale {scale.dtype}: ESP-DL reads it as float32"))
+            sc = sc * np.float32(_scale(scale.exponent))
+        sc = np.broadcast_to(sc, (inner,))
+        if x.dtype == "float32":
+            f = flat.astype(np.float32)
+            ms = (_seq_sum((f * f).astype(np.float32)) / np.float32(inner)).astype(np.float32)
+            rms = (np.float32(1) / np.sqrt((ms + eps).astype(np.float32))).astype(np.float32)
+            y = ((f * rms[:, None]).astype(np.float32) * sc).astype(np.float32)
+            return [QTensor(y.reshape(x.data.shape), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        s_in = np.float32(_scale(x.exponent))
+        sq = (flat.astype(np.int64) ** 2).sum(1)
+        ms = ((sq.astype(np.float32) * (s_in * s_in)).astype(np.float32) / np.float32(inner)).astype(np.float32)
+        rms = (np.float32(1) / np.sqrt((ms + eps).astype(np.float32))).astype(np.float32)
+        rms = (rms * (s_in * np.float32(_rescale(out_exp)))).astype(np.float32)
+        v = ((flat.astype(np.float32) * rms[:, None]).astype(np.float32) * sc).astype(np.float32)
+        y = np.clip(np.floor((v + np.float32(0.5)).astype(np.float32)), *RANGES[out_dtype])
+        return [QTensor(y.reshape(x.data.shape).astype(out_dtype), out_exp, out_dtype)]
+
+    def _op_LpNormalization(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_lp_normalization.hpp: inv = 1 / sum |x| (p=1) or 1 / sqrtf((float)
+        int sum x^2) (p=2, DL_FAST_MATH 0) over the raw ints (s_in cancels); along the last axis
+        y = round(x * (inv * 2^-out)), along another axis round((x * inv) * 2^-out); inv 0 -> 0."""
+        x = args[0]
+        p = int(node.attributes.get("p", 2))
+        axis = int(node.attributes.get("axis", -1)) % x.data.ndim
+        v = np.moveaxis(x.data, axis, -1)
+        if x.dtype == "float32":
+            f = v.astype(np.float32)
+            s = _seq_sum(np.abs(f)) if p == 1 else _seq_sum((f * f).astype(np.float32))
+            with np.errstate(divide="ignore"):
+                inv = np.where(s > 0, np.float32(1) / (s if p == 1 else np.sqrt(s)), 0).astype(np.float32)
+            y = np.where(inv[..., None] > 0, (f * inv[..., None]).astype(np.float32), 0)
+            return [QTensor(np.moveaxis(y.astype(np.float32), -1, axis), x.exponent, "float32")]
+        out_exp, out_dtype = self._out_meta(node)
+        d = v.astype(np.int64)
+        s = (_seq_sum(np.abs(d).astype(np.float32)) if p == 1 else (d * d).sum(-1).astype(np.float32))
+        with np.errstate(divide="ignore"):
+            inv = np.where(s > 0, np.float32(1) / (s if p == 1 else np.sqrt(s)).astype(np.float32), 0)
+        inv = inv.astype(np.float32)[..., None]
+        r = np.float32(_rescale(out_exp))
+        if axis == x.data.ndim - 1:
+            res = d.astype(np.float32) * (inv * r).astype(np.float32)
+        else:
+            res = (d.astype(np.float32) * inv).astype(np.float32) * r
+        y = np.where(inv > 0, _round_sat(res, *RANGES[out_dtype]), 0)
+        return [QTensor(np.moveaxis(y, -1, axis).astype(out_dtype), out_exp, out_dtype)]
+
+
+    def _op_ScatterND(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_scatter_nd.hpp: copy `data`, then for each index tuple in order
+        write the update slice (reduction none) or combine it element by element: add / mul on the raw ints
+        saturated to the type (no rescale), max, min; float32 the same in float."""
+        data, ind, upd = args[0], _q(args[1]), _q(args[2])
+        red = node.attributes.get("reduction", "none")
+        red = red.decode() if isinstance(red, bytes) else red
+        is_float = data.dtype == "float32"
+        out = data.data.astype(np.float32 if is_float else np.int64).copy()
+        idx = np.asarray(ind.data).astype(np.int64)
+        k = idx.shape[-1]
+        idx = idx.reshape(-1, k)
+        u = np.asarray(upd.data).astype(out.dtype).reshape(idx.shape[0], *out.shape[k:])
+        lo, hi = (None, None) if is_float else RANGES[data.dtype]
+        for i, t in enumerate(idx):
+            t = tuple(int(v) for v in t)
+            cur = out[t]
+            if red == "add":
+                new = cur + u[i]
+            elif red == "mul":
+                new = cur * u[i]
+            elif red == "max":
+                new = np.maximum(cur, u[i])
+            elif red == "min":
+                new = np.minimum(cur, u[i])
+            else:
+                new = u[i]
+            out[t] = new if is_float else np.clip(new, lo, hi)
+        return [self._copy_out(node, data, out)]
+
+
+    def _op_InsertZeros(self, node, args, notes):
+        """esp-dl/dl/module/include/dl_module_insert_zeros.hpp (esp-ppq's ConvTranspose = InsertZeros + Conv,
+        esp_ppq/IR/morph.py decompose_convtranspose): NWC/NHWC, input pixel (h, w) copied to (h * sh, w * sw) of
+        a zeroed output of size in + (s - 1)(in - 1) + output_padding; raw copy."""
+        x = args[0]
+        nsp = x.data.ndim - 2
+        stride = list(node.attributes.get("stride") or [1])
+        opad = list(node.attributes.get("output_padding") or [0])
+        stride = stride * nsp if len(stride) == 1 else stride
+        opad = opad * nsp if len(opad) == 1 else opad
+        shape = list(x.data.shape)
+        for i in range(nsp):
+            shape[1 + i] = shape[1 + i] + (stride[i] - 1) * (shape[1 + i] - 1) + opad[i]
+        y = np.zeros(shape, x.data.dtype)
+        index = (slice(None),) + tuple(slice(0, x.data.shape[1 + i] * stride[i], stride[i]) for i in range(nsp))
+        y[index] = x.data
+        return [self._copy_out(node, x, y)]
+
+
+def _unpack_matmul_weight(t: Tensor) -> np.ndarray:
+    """A packed constant MatMul operand -> its logical [..., K, N] (each [K, N] packed as an N x 1 x 1 x K conv
+    filter: the first floor(N/a)*a columns in blocks (n/a, K, a), a = 16 (int8) / 8 (int16), the rest as [n, K])."""
+    dims = tuple(t.dims)
+    k, n = dims[-2:]
+    layout = t.layout or ""
+    m = re.search(r"C(\d+)", layout)
+    if not m:  # not packed after all: row-major
+        return t.data.astype(np.int64).reshape(dims)
+    align = int(m.group(1))
+    aligned = n // align * align
+    mats = []
+    for flat in t.data.astype(np.int64).reshape(-1, k * n):
+        head = flat[: aligned * k].reshape(n // align, k, align).transpose(0, 2, 1).reshape(aligned, k)
+        tail = flat[aligned * k :].reshape(n - aligned, k)
+        mats.append(np.concatenate([head, tail], 0).T)
+    return np.stack(mats).reshape(dims)
+
+
+def _scale(e: int) -> float:
+    """DL_SCALE(e) (esp-dl/dl/dl_define.hpp:76): 2**e as float32 (exact)."""
+    return float(np.float32(2.0**e))
+
+
+def _rescale(e: int) -> float:
+    """DL_RESCALE(e) (esp-dl/dl/dl_define.hpp:80): 2**-e."""
+    return float(np.float32(2.0**-e))
+
+
+def _round_sat(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """tool::truncate(out, tool::round(v)): round half up in float32 (dl_tool.cpp), saturated; NaN -> 0."""
+    v = np.asarray(v, np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = np.where(np.isnan(v), 0, np.clip(v, lo - 1, hi + 1)).astype(np.float32)
+    return np.clip(round_half_up_float(v), lo, hi)
+
+
+def _seq_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over the last axis in float32, element after element (ESP-DL's `sum += ...` loops)."""
+    x = np.asarray(x, np.float32)
+    acc = np.zeros(x.shape[:-1], np.float32)
+    for i in range(x.shape[-1]):
+        acc = (acc + x[..., i]).astype(np.float32)
+    return acc
+
+
+def _seq_prod(x: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Product over the last axis, in order, accumulated in `dtype` (reduce_op_mul)."""
+    acc = np.ones(x.shape[:-1], dtype)
+    for i in range(x.shape[-1]):
+        acc = (acc * x[..., i].astype(dtype)).astype(dtype)
+    return acc
+
+
+def _sqrt_newton(x: np.ndarray) -> np.ndarray:
+    """dl_math.hpp sqrt_newton: result = (last + x / last) * 0.5 in float32 until |result - last| <= 1e-5."""
+    x = np.asarray(x, np.float32)
+    res = x.copy()
+    todo = x != 0
+    res[~todo] = 0
+    last = res.copy()
+    with np.errstate(all="ignore"):
+        for _ in range(200):
+            if not todo.any():
+                break
+            last = np.where(todo, res, last).astype(np.float32)
+            new = ((last + (x / last).astype(np.float32)).astype(np.float32) * np.float32(0.5)).astype(np.float32)
+            res = np.where(todo, new, res).astype(np.float32)
+            todo = todo & (np.abs(res - last) > np.float32(0.00001))
+    return res
+
+
+def _elemwise_d0(s0, s1, so) -> tuple[int, int]:
+    """Innermost lengths (input0_d0, input1_d0) after ESP-DL's shape merge (dl_base_elemwise.cpp:43-106)."""
+    so = list(so)
+    dims = len(so)
+    a = [1] * (dims - len(s0)) + list(s0)
+    b = [1] * (dims - len(s1)) + list(s1)
+    if dims == 0:
+        return 1, 1
+    merged = dims
+    for i in range(dims):
+        j = i + 1
+        while j < dims:
+            if a[i] == b[i] and a[j] == b[j]:
+                a[i] *= a[j]; b[i] *= b[j]; so[i] *= so[j]; a[j] = b[j] = so[j] = 1
+            elif a[i] == 1 and a[j] == 1:
+                b[i] *= b[j]; so[i] *= so[j]; b[j] = so[j] = 1
+            elif b[i] == 1 and b[j] == 1:
+                a[i] *= a[j]; so[i] *= so[j]; a[j] = so[j] = 1
+            else:
+                break
+            j += 1
+        if j == dims:
+            merged = i + 1
+            break
+    return a[merged - 1], b[merged - 1]
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
