@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import opgen
-from quant.espdl.interpreter import Interpreter, QTensor, _elemwise_d0
+from quant.espdl.interpreter import Interpreter, _elemwise_d0
+from quant.tensor import Tensor
 from quant.espdl.reader import load
 from quant.espdl.verify import verify_model
 
@@ -73,7 +74,7 @@ def test_div_by_zero_follows_dl_base_div(root):
     shape = tuple(model.inputs[0].shape)
     xs, ys = np.zeros(shape, np.int8), np.ones(shape, np.int8)
     xs.reshape(-1)[:3], ys.reshape(-1)[:3] = [5, -5, 0], [0, 0, 0]
-    run = interp.run_named({a: QTensor(xs, exps[a], "int8"), b: QTensor(ys, exps[b], "int8")})
+    run = interp.run_named({a: Tensor(xs, exps[a], "int8"), b: Tensor(ys, exps[b], "int8")})
     assert list(run.tensors[model.outputs[0].name].data.reshape(-1)[:3]) == [127, -128, 0]
     assert not np.any(run.tensors[model.outputs[0].name].data.reshape(-1)[3:])  # 0 / 1 == 0
 
@@ -142,5 +143,5 @@ def test_space_depth_moves_follow_esp_dl_loops(op, bs, mode):
                             nodes=[], inputs=[], outputs=[])
     interp = Interpreter.__new__(Interpreter)
     interp.model = model
-    (out,) = getattr(interp, f"_op_{op}")(node, [QTensor(x, -3, "int8")], [])
+    (out,) = getattr(interp, f"_op_{op}")(node, [Tensor(x, -3, "int8")], [])
     assert out.data.shape == expected.shape and np.array_equal(out.data, expected)

@@ -529,11 +529,11 @@ class Interpreter:
         vi = self.model.values.get(node.outputs[0])
         if vi is not None and vi.dtype == "float32":
             if x.dtype == "float32":
-                return [QTensor(x.data.astype(np.float32), vi.exponent, "float32")]
-            return [QTensor(x.data.astype(np.float32) * np.float32(_scale(x.exponent)), vi.exponent, "float32")]
+                return [Tensor(x.data.astype(np.float32), vi.exponent, "float32")]
+            return [Tensor(x.data.astype(np.float32) * np.float32(_scale(x.exponent)), vi.exponent, "float32")]
         if x.dtype == "float32":
             out_exp, out_dtype = self._out_meta(node)
-            return [QTensor(quantize_input(x.data, out_exp, out_dtype), out_exp, out_dtype)]
+            return [Tensor(quantize_input(x.data, out_exp, out_dtype), out_exp, out_dtype)]
         return [self._assign(node, x, x.data)]
 
     _op_QuantizeLinear = _op_RequantizeLinear
@@ -683,7 +683,7 @@ class Interpreter:
         fb = b.data.astype(np.float32) if b.dtype == "float32" else b.real().astype(np.float32)
         with np.errstate(all="ignore"):
             y = fn(fa, fb).astype(np.float32)
-        return [QTensor(y, self._out_meta(node)[0] if node.outputs[0] in self.model.values else 0, "float32")]
+        return [Tensor(y, self._out_meta(node)[0] if node.outputs[0] in self.model.values else 0, "float32")]
 
     def _op_Div(self, node, args, notes):
         """esp-dl/dl/base/dl_base_div.cpp: rescale = output_rescale * input0_scale / input1_scale (float32);
@@ -722,7 +722,7 @@ class Interpreter:
             out = np.where(x == 0, 0, q)
         else:
             out = np.where(x == 0, 0, np.where(y == 0, zero_div, q))
-        return [QTensor(out.astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(out.astype(out_dtype), out_exp, out_dtype)]
 
     def _op_Pow(self, node, args, notes):
         """esp-dl/dl/base/dl_base_pow.cpp: round(powf(in0 * s0, in1 * s1) * output_rescale) in every variant."""
@@ -734,7 +734,7 @@ class Interpreter:
         ex = b.data.astype(np.float32) * np.float32(_scale(b.exponent))
         with np.errstate(all="ignore"):
             v = np.power(base, ex).astype(np.float32) * np.float32(_rescale(out_exp))
-        return [QTensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
 
     def _op_Mod(self, node, args, notes):
         """esp-dl/dl/base/dl_base_mod.cpp: round(fmodf(in0 * s0, in1 * s1) * output_rescale), 0 where the divisor
@@ -747,7 +747,7 @@ class Interpreter:
         x = a.data.astype(np.float32) * np.float32(_scale(a.exponent))
         y = b.data.astype(np.float32) * np.float32(_scale(b.exponent))
         v = fmod(x, y) * np.float32(_rescale(out_exp))
-        return [QTensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
 
     def _compare(self, node, args, notes, fn):
         """esp-dl/dl/base/dl_base_{greater,greaterorequal,less,lessorequal,equal}.cpp: the raw integers are
@@ -758,7 +758,7 @@ class Interpreter:
                                                    f"{a.exponent} and {b.exponent}"))
         y = fn(a.data.astype(np.int64) if a.dtype != "float32" else a.data,
                b.data.astype(np.int64) if b.dtype != "float32" else b.data)
-        return [QTensor(y.astype(bool), 0, "bool")]
+        return [Tensor(y.astype(bool), 0, "bool")]
 
     def _op_Greater(self, node, args, notes):
         return self._compare(node, args, notes, np.greater)
@@ -779,11 +779,11 @@ class Interpreter:
         """esp-dl/dl/module/include/dl_module_neg.hpp: -x on the raw ints, INT_MIN -> INT_MAX; float: -x."""
         x = args[0]
         if x.dtype == "float32":
-            return [QTensor(-x.data.astype(np.float32), x.exponent, "float32")]
+            return [Tensor(-x.data.astype(np.float32), x.exponent, "float32")]
         out_exp, out_dtype = self._out_meta(node)
         lo, hi = RANGES[x.dtype]
         d = x.data.astype(np.int64)
-        return [QTensor(np.where(d == lo, hi, -d).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(np.where(d == lo, hi, -d).astype(out_dtype), out_exp, out_dtype)]
 
     def _op_Elu(self, node, args, notes):
         """esp-dl/dl/module/include/dl_module_elu.hpp: t = x * s_in (float32); t >= 0: round(t * rescale_out),
@@ -793,14 +793,14 @@ class Interpreter:
         if x.dtype == "float32" or self._is_float(node):
             v = x.data.astype(np.float32) if x.dtype == "float32" else x.real().astype(np.float32)
             y = np.where(v < 0, alpha * (np.exp(v) - np.float32(1)), v).astype(np.float32)
-            return [QTensor(y, 0, "float32")]
+            return [Tensor(y, 0, "float32")]
         out_exp, out_dtype = self._out_meta(node)
         t = x.data.astype(np.float32) * np.float32(_scale(x.exponent))
         r = np.float32(_rescale(out_exp))
         with np.errstate(over="ignore"):
             neg = (alpha * (np.exp(t).astype(np.float32) - np.float32(1))).astype(np.float32) * r
         v = np.where(t >= 0, t * r, neg)
-        return [QTensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(_round_sat(v, *RANGES[out_dtype]).astype(out_dtype), out_exp, out_dtype)]
 
     def _op_PRelu(self, node, args, notes):
         """esp-dl/dl/base/isa/tie728/dl_tie728_s8_prelu.S (S3, int8 and int16 alike; args from
@@ -812,14 +812,14 @@ class Interpreter:
         if x.dtype == "float32":
             a = alpha.data.astype(np.float32)
             a = a.reshape(-1)[0] if a.size == 1 else a
-            return [QTensor(np.where(x.data >= 0, x.data, x.data * a).astype(np.float32), x.exponent, "float32")]
+            return [Tensor(np.where(x.data >= 0, x.data, x.data * a).astype(np.float32), x.exponent, "float32")]
         d = x.data.astype(np.int64)
         a = alpha.data.astype(np.int64)
         a = a.reshape(-1)[0] if a.size == 1 else a
         neg = saturate(shift_round(d * a, out_exp - x.exponent - alpha.exponent), out_dtype)
         shift = out_exp - x.exponent
         pos = saturate(shift_round(d, shift), out_dtype)
-        return [QTensor(np.where(d < 0, neg, np.where(d > 0, pos, 0)).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(np.where(d < 0, neg, np.where(d > 0, pos, 0)).astype(out_dtype), out_exp, out_dtype)]
 
     def _softmax_float(self, v: np.ndarray, axis: int, log: bool) -> np.ndarray:
         """dl_module_softmax.hpp / dl_module_log_softmax.hpp forward_float: per slice, max, sequential float32
@@ -852,7 +852,7 @@ class Interpreter:
             v = x.data.astype(np.float32) if x.dtype == "float32" else (
                 x.data.astype(np.float32) * np.float32(_scale(x.exponent)))
             y = self._softmax_float(v, axis, log)
-        return [QTensor(y, 0, "float32")]
+        return [Tensor(y, 0, "float32")]
 
     def _op_Softmax(self, node, args, notes):
         """esp-dl/dl/module/include/dl_module_softmax.hpp: the output is float32 for int8, int16 and float."""
@@ -884,10 +884,10 @@ class Interpreter:
         else:
             raise UserError(f"Pad {node.name!r}: mode {mode!r} is not supported by ESP-DL (constant, edge, reflect)")
         if x.dtype == "float32":
-            return [QTensor(y.astype(np.float32), x.exponent, "float32")]
+            return [Tensor(y.astype(np.float32), x.exponent, "float32")]
         out_exp, out_dtype = self._out_meta(node)
         self._same_exponents(node, [x], out_exp, notes, "Pad")
-        return [QTensor(y.astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(y.astype(out_dtype), out_exp, out_dtype)]
 
     def _op_Gather(self, node, args, notes):
         """esp-dl/dl/module/include/dl_module_gather.hpp: copies input slices along `axis` for each index
@@ -898,9 +898,9 @@ class Interpreter:
         ind = np.where(ind < 0, ind + x.data.shape[axis], ind)
         y = np.take(x.data, ind, axis=axis)
         if x.dtype == "float32":
-            return [QTensor(y, x.exponent, "float32")]
+            return [Tensor(y, x.exponent, "float32")]
         out_exp, out_dtype = self._out_meta(node)
-        return [QTensor(y.astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(y.astype(out_dtype), out_exp, out_dtype)]
 
     def _op_Split(self, node, args, notes):
         """esp-dl/dl/module/include/dl_module_split.hpp: consecutive slices along `axis`, sized as the outputs."""
@@ -919,10 +919,10 @@ class Interpreter:
             part = np.take(x.data, np.arange(start, start + size), axis=axis)
             start += size
             if x.dtype == "float32":
-                outs.append(QTensor(part, x.exponent, "float32"))
+                outs.append(Tensor(part, x.exponent, "float32"))
             else:
                 out_exp, out_dtype = self._out_meta(node, i)
-                outs.append(QTensor(part.astype(out_dtype), out_exp, out_dtype))
+                outs.append(Tensor(part.astype(out_dtype), out_exp, out_dtype))
         return outs
 
     def _op_DepthToSpace(self, node, args, notes):
@@ -958,9 +958,9 @@ class Interpreter:
 
     def _copy_out(self, node, x, y):
         if x.dtype == "float32":
-            return QTensor(y.astype(np.float32), x.exponent, "float32")
+            return Tensor(y.astype(np.float32), x.exponent, "float32")
         out_exp, out_dtype = self._out_meta(node)
-        return QTensor(y.astype(out_dtype), out_exp, out_dtype)
+        return Tensor(y.astype(out_dtype), out_exp, out_dtype)
 
     # Reduce family (esp-dl/dl/module/include/dl_module_reduce_base.hpp + dl_module_reduce_<op>.hpp): the reduced
     # elements of each output are visited in row-major order; integer sums in int32 (int8) / int64 (int16).
@@ -993,7 +993,7 @@ class Interpreter:
                  "l2": lambda: _sqrt_newton(_seq_sum(f * f)), "logsum": lambda: np.log(_seq_sum(f)),
                  "prod": lambda: _seq_prod(f), "logsumexp": lambda: np.log(_seq_sum(np.exp(f).astype(np.float32))),
                  }[kind]()
-            return [QTensor(np.asarray(y, np.float32).reshape(oshape), x.exponent, "float32")]
+            return [Tensor(np.asarray(y, np.float32).reshape(oshape), x.exponent, "float32")]
         out_exp, out_dtype = self._out_meta(node)
         lo, hi = RANGES[out_dtype]
         d = flat.astype(np.int64)
@@ -1023,7 +1023,7 @@ class Interpreter:
                 y = _round_sat(np.log(s).astype(np.float32) * np.float32(_rescale(out_exp)), lo, hi)
         else:
             raise AssertionError(kind)
-        return [QTensor(np.asarray(y).reshape(oshape).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(np.asarray(y).reshape(oshape).astype(out_dtype), out_exp, out_dtype)]
 
     def _op_ReduceSum(self, node, args, notes):
         return self._reduce_int(node, args, "sum")
@@ -1060,8 +1060,8 @@ class Interpreter:
         per [K, N] matrix as a 1x1 conv filter, (N/16)HWC16 / (N/8)HWC8 (esp-ppq export_patterns.py
         ResetParamLayoutPattern, MatMul branch)."""
         a = _q(args[0])
-        if isinstance(args[1], Tensor) and node.attributes.get("input1_layout", "packed") == "packed":
-            b = QTensor(_unpack_matmul_weight(args[1]), args[1].exponent, args[1].dtype)
+        if isinstance(args[1], StoredTensor) and node.attributes.get("input1_layout", "packed") == "packed":
+            b = Tensor(_unpack_matmul_weight(args[1]), args[1].exponent, args[1].dtype)
         else:  # a graph value (native row-major KN) or an initializer marked native_kn
             b = _q(args[1])
         if a.dtype == "float32":
@@ -1071,7 +1071,7 @@ class Interpreter:
         y = shift_round(acc, out_exp - a.exponent - b.exponent)
         if node.attributes.get("activation", "Linear") == "Relu":
             y = np.maximum(y, 0)
-        return [QTensor(saturate(y, out_dtype), out_exp, out_dtype)]
+        return [Tensor(saturate(y, out_dtype), out_exp, out_dtype)]
 
     def _op_Resize(self, node, args, notes):
         """esp-dl/dl/base/dl_base_resize.cpp + dl_base_resize.hpp (NWC/NHWC data, NCHW scales): nearest is
@@ -1149,7 +1149,7 @@ class Interpreter:
         else:
             raise UserError(f"Resize {node.name!r}: mode {mode!r} is not supported by ESP-DL (nearest, linear)")
         y = y.astype(out_dtype)
-        return [QTensor(y[:, 0] if squeeze else y, out_exp, out_dtype)]
+        return [Tensor(y[:, 0] if squeeze else y, out_exp, out_dtype)]
 
 
     def _op_LayerNormalization(self, node, args, notes):
@@ -1180,7 +1180,7 @@ class Interpreter:
             var = (_seq_sum((diff * diff).astype(np.float32)) / np.float32(inner)).astype(np.float32)
             inv = (np.float32(1) / _sqrt_newton((var + eps).astype(np.float32))).astype(np.float32)
             y = ((diff * inv[:, None]).astype(np.float32) * sc).astype(np.float32) + bi
-            return [QTensor(y.astype(np.float32).reshape(x.data.shape), x.exponent, "float32")]
+            return [Tensor(y.astype(np.float32).reshape(x.data.shape), x.exponent, "float32")]
         out_exp, out_dtype = self._out_meta(node)
         s_in = np.float32(_scale(x.exponent))
         total = flat.astype(np.int64).sum(1)
@@ -1195,14 +1195,14 @@ class Interpreter:
         norm = ((xv - mean_r[:, None]).astype(np.float32) * inv[:, None]).astype(np.float32)
         res = ((norm * sc).astype(np.float32) + bi).astype(np.float32)
         y = _round_sat(res * np.float32(_rescale(out_exp)), *RANGES[out_dtype])
-        outs = [QTensor(y.reshape(x.data.shape).astype(out_dtype), out_exp, out_dtype)]
+        outs = [Tensor(y.reshape(x.data.shape).astype(out_dtype), out_exp, out_dtype)]
         for i, (val, name) in enumerate(((mean, "mean"), (inv, "inv_std")), start=1):
             if len(node.outputs) > i and node.outputs[i]:
                 e, dt = self._out_meta(node, i)
                 v = (val * s_in * np.float32(_rescale(e))) if name == "mean" else (val * np.float32(_rescale(e)))
                 vi = self.model.values.get(node.outputs[i])
                 shp = tuple(vi.shape) if vi is not None and vi.shape else val.shape
-                outs.append(QTensor(_round_sat(v, *RANGES[dt]).reshape(shp).astype(dt), e, dt))
+                outs.append(Tensor(_round_sat(v, *RANGES[dt]).reshape(shp).astype(dt), e, dt))
         return outs
 
     def _op_ReverseSequence(self, node, args, notes):
@@ -1244,7 +1244,7 @@ class Interpreter:
             ms = (_seq_sum((f * f).astype(np.float32)) / np.float32(inner)).astype(np.float32)
             rms = (np.float32(1) / np.sqrt((ms + eps).astype(np.float32))).astype(np.float32)
             y = ((f * rms[:, None]).astype(np.float32) * sc).astype(np.float32)
-            return [QTensor(y.reshape(x.data.shape), x.exponent, "float32")]
+            return [Tensor(y.reshape(x.data.shape), x.exponent, "float32")]
         out_exp, out_dtype = self._out_meta(node)
         s_in = np.float32(_scale(x.exponent))
         sq = (flat.astype(np.int64) ** 2).sum(1)
@@ -1253,7 +1253,7 @@ class Interpreter:
         rms = (rms * (s_in * np.float32(_rescale(out_exp)))).astype(np.float32)
         v = ((flat.astype(np.float32) * rms[:, None]).astype(np.float32) * sc).astype(np.float32)
         y = np.clip(np.floor((v + np.float32(0.5)).astype(np.float32)), *RANGES[out_dtype])
-        return [QTensor(y.reshape(x.data.shape).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(y.reshape(x.data.shape).astype(out_dtype), out_exp, out_dtype)]
 
     def _op_LpNormalization(self, node, args, notes):
         """esp-dl/dl/module/include/dl_module_lp_normalization.hpp: inv = 1 / sum |x| (p=1) or 1 / sqrtf((float)
@@ -1269,7 +1269,7 @@ class Interpreter:
             with np.errstate(divide="ignore"):
                 inv = np.where(s > 0, np.float32(1) / (s if p == 1 else np.sqrt(s)), 0).astype(np.float32)
             y = np.where(inv[..., None] > 0, (f * inv[..., None]).astype(np.float32), 0)
-            return [QTensor(np.moveaxis(y.astype(np.float32), -1, axis), x.exponent, "float32")]
+            return [Tensor(np.moveaxis(y.astype(np.float32), -1, axis), x.exponent, "float32")]
         out_exp, out_dtype = self._out_meta(node)
         d = v.astype(np.int64)
         s = (_seq_sum(np.abs(d).astype(np.float32)) if p == 1 else (d * d).sum(-1).astype(np.float32))
@@ -1282,7 +1282,7 @@ class Interpreter:
         else:
             res = (d.astype(np.float32) * inv).astype(np.float32) * r
         y = np.where(inv > 0, _round_sat(res, *RANGES[out_dtype]), 0)
-        return [QTensor(np.moveaxis(y, -1, axis).astype(out_dtype), out_exp, out_dtype)]
+        return [Tensor(np.moveaxis(y, -1, axis).astype(out_dtype), out_exp, out_dtype)]
 
 
     def _op_ScatterND(self, node, args, notes):
@@ -1335,7 +1335,7 @@ class Interpreter:
         return [self._copy_out(node, x, y)]
 
 
-def _unpack_matmul_weight(t: Tensor) -> np.ndarray:
+def _unpack_matmul_weight(t: StoredTensor) -> np.ndarray:
     """A packed constant MatMul operand -> its logical [..., K, N] (each [K, N] packed as an N x 1 x 1 x K conv
     filter: the first floor(N/a)*a columns in blocks (n/a, K, a), a = 16 (int8) / 8 (int16), the rest as [n, K])."""
     dims = tuple(t.dims)
