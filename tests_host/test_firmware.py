@@ -513,3 +513,14 @@ def test_cmake_embeds_the_folder_gm_models_dir_names(cmake_project, tmp_path):
                                       f"embed {mine / 'test_vectors.bin'} BINARY gm_vectors"]
     result, _, _ = cmake_project(models_dir=tmp_path / "nowhere")
     assert result.returncode != 0 and "is not a folder" in result.stderr and "--models-dir" in result.stderr
+
+
+def test_the_component_manifest_pins_every_component_exactly():
+    """A user's build resolves the ESP-DL this project was checked against, not the registry's newest 3.3.x."""
+    import yaml
+
+    manifest = yaml.safe_load((Path(quant.__file__).resolve().parent.parent / "firmware" / "main" / "idf_component.yml").read_text())
+    deps = {name: spec for name, spec in manifest["dependencies"].items() if name != "idf"}
+    assert deps["espressif/esp-dl"] == "==3.3.9"
+    assert {"espressif/dl_fft", "espressif/esp_new_jpeg"} <= set(deps)
+    assert all(isinstance(spec, str) and spec.startswith("==") for spec in deps.values()), deps
