@@ -116,6 +116,7 @@ class Diff:
     a: np.ndarray  # flat, on the compared grid
     b: np.ndarray
     exponent: int | None  # the compared grid's exponent (integers)
+    is_float: bool  # compared as float32 values (either side float32), else as integers
 
     @property
     def mismatches(self) -> int:
@@ -124,10 +125,6 @@ class Diff:
     @property
     def ok(self) -> bool:
         return self.problem is None and self.bad.size == 0
-
-    @property
-    def is_float(self) -> bool:
-        return self.dtype == "float32"
 
     def worst_index(self) -> int | None:
         """Flat index of the worst element: the first mismatch with the largest |diff| (a NaN mismatch
@@ -158,7 +155,8 @@ def diff(a: Tensor, b: Tensor, tolerance: Tolerance | Mapping[str, Any] | None =
     tol = Tolerance.of(tolerance)
     dtype = str(b.dtype)
     problem = "dtype" if str(a.dtype) != dtype else None
-    if dtype == "float32" or str(a.dtype) == "float32":
+    is_float = "float32" in (dtype, str(a.dtype))
+    if is_float:
         va = np.asarray(a.data, np.float64).reshape(-1)
         vb = np.asarray(b.data, np.float64).reshape(-1)
         allowed, exponent = FLOAT_ATOL, None
@@ -172,16 +170,15 @@ def diff(a: Tensor, b: Tensor, tolerance: Tolerance | Mapping[str, Any] | None =
         va, vb = va << (ea - exponent), vb << (eb - exponent)
         allowed = tol.allowed_lsb(dtype)
     if va.size != vb.size:
-        return Diff("size", dtype, int(vb.size), allowed, -1, np.arange(vb.size), va, vb, exponent)
-    if dtype == "float32" or str(a.dtype) == "float32":
+        return Diff("size", dtype, int(vb.size), allowed, -1, np.arange(vb.size), va, vb, exponent, is_float)
+    if is_float:
         an, bn = np.isnan(va), np.isnan(vb)
         with np.errstate(invalid="ignore"):
             d = np.where(an | bn, 0.0, np.abs(va - vb))
         bad = np.flatnonzero((an != bn) | (d > allowed))
+        worst = float(d.max()) if d.size else 0.0
     else:
         d = np.abs(va - vb)
         bad = np.flatnonzero(d > allowed)
-    worst = float(d.max()) if d.size else 0.0
-    if dtype != "float32":
-        worst = int(worst)
-    return Diff(problem, dtype, int(vb.size), allowed, worst, bad, va, vb, exponent)
+        worst = int(d.max()) if d.size else 0
+    return Diff(problem, dtype, int(vb.size), allowed, worst, bad, va, vb, exponent, is_float)

@@ -97,8 +97,8 @@ def _compare_tensor(label: str, board: Tensor, ref: Tensor, tol: Tolerance) -> s
         return None
     delta = d.delta()
     worst = d.worst_index()
-    allowed_text = "bit-exact" if d.allowed == 0 else f"within {d.allowed:g} {'' if d.is_float else 'LSB'}".rstrip()
     unit = "" if d.is_float else " LSB"
+    allowed_text = "bit-exact" if d.allowed == 0 else f"within {d.allowed:g}{unit}"
     lines = [
         f"{label} ({ref.dtype} {'x'.join(map(str, ref.shape))}, exp {ref.exponent}): "
         f"{d.mismatches} of {d.size} elements differ beyond tolerance ({allowed_text}); "
