@@ -80,14 +80,33 @@ def join_inputs(graph, ops: list[str], all_groups: list[Group]) -> list[Group]:
     return out
 
 
+def _float64_hooks(graph) -> dict:
+    """A hook per op that promotes its float32 inputs to float64 (after the executor's fake quantization).
+
+    The measured figures in .info/.json must not depend on the CPU: float32 kernels sum in an order that
+    depends on the instruction set (AVX2 vs AVX-512 in oneDNN/MKL), and a fake-quant rounding that lands
+    near .5 then flips by one step (seen: a layer group's noise/signal 6.681e-4 on one x86-64 machine,
+    6.690e-4 on another). Quantized values are exact in both widths, so promoting changes only the sums:
+    esp-ppq rounds each quantized op's float64 output, then stores it as float32 (exactly)."""
+    import torch
+    from esp_ppq.executor.base import RuntimeHook
+
+    class Float64(RuntimeHook):
+        def pre_forward_hook(self, inputs: list, **kwargs) -> list:
+            return [t.double() if isinstance(t, torch.Tensor) and t.dtype == torch.float32 else t for t in inputs]
+
+    return {name: Float64(op) for name, op in graph.operations.items()}
+
+
 def run_graph(executor, x: np.ndarray, batch: int = 100) -> np.ndarray:
-    """Simulator outputs (first graph output) for x [N,1,96,96] -> float32 [N, ...]."""
+    """Simulator outputs (first graph output) for x [N,1,96,96] -> float64 [N, ...], computed in float64."""
     import torch
 
+    hooks = _float64_hooks(executor._graph)
     outs = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            outs.append(executor.forward(inputs=torch.from_numpy(x[i : i + batch]))[0].cpu().numpy())
+            outs.append(executor.forward(inputs=torch.from_numpy(x[i : i + batch]).double(), hooks=hooks)[0].double().cpu().numpy())
     return np.concatenate(outs)
 
 
