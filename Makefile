@@ -18,7 +18,7 @@ TORCH_INDEX   ?= https://download.pytorch.org/whl/cpu
 BOARD_VENV    := .venv-board
 export PYTHONHASHSEED := 0
 
-.PHONY: setup setup-board models test test-board bench firmware docs-examples notebooks clean-venv
+.PHONY: setup setup-board models test test-board test-qemu bench firmware docs-examples notebooks clean-venv
 
 $(VENV)/.installed: pyproject.toml requirements-lint.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'" >&2; exit 2; }
@@ -64,6 +64,10 @@ test: setup
 PORT ?= /dev/ttyUSB0
 test-board: setup-board
 	$(BOARD_VENV)/bin/pytest --target esp32s3 --port=$(PORT) tests_target
+
+# the same target tests on the real firmware in Espressif's QEMU (ESP-IDF exported, qemu-system-xtensa on the PATH)
+test-qemu: setup-board
+	$(BOARD_VENV)/bin/pytest --target esp32s3 --qemu tests_target
 
 firmware: setup
 	$(VENV)/bin/quant firmware

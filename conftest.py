@@ -3,8 +3,9 @@
     pytest                                          host tests; board tests skip, exit 0
     pytest --virtual-board [--models-dir DIR]       + target tests against the virtual board
     pytest --target esp32s3 --port=/dev/ttyUSB0     target tests on a chip (write --port= with '=')
+    pytest --target esp32s3 --qemu tests_target     target tests on the real firmware in Espressif's QEMU
 
-The board is a quant.board.boards.Board (ChipBoard, VirtualBoard; one class per kind), chosen once per run
+The board is a quant.board.boards.Board (ChipBoard, VirtualBoard, QemuBoard; one class per kind), chosen once per run
 from the options; it builds (a chip: `quant firmware` with the models folder), starts (its port), resets,
 reads and says what its results may claim. This file only routes pytest-embedded's fixtures to it.
 A board test is marked `board` (tests_target/) and parametrized over the variants with `config`
@@ -117,6 +118,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         variant = callspec.params.get("config") if callspec is not None else None
         if board is None:
             item.add_marker(pytest.mark.skip(reason=HOW_TO_RUN))
+        elif board.unavailable():
+            item.add_marker(pytest.mark.skip(reason=board.unavailable()))
         elif target and target != TARGET:
             item.add_marker(pytest.mark.skip(reason=f"board tests are for {TARGET}; this run is for --target {target}"))
         elif variant in VARIANTS and not variant_file(variant, ".espdl", models).is_file():
@@ -172,6 +175,14 @@ def build_dir(build_dir, request, config):
     if board is None or request.config.getoption("build_dir", None):
         return build_dir  # (pytest-embedded's default is 'build'; an explicit --build-dir wins)
     return board.build_dir(config) or build_dir
+
+
+@pytest.fixture
+def qemu_extra_args(qemu_extra_args, request, config):
+    board = _board_of(request)
+    if board is None or qemu_extra_args:
+        return qemu_extra_args  # an explicit --qemu-extra-args= wins
+    return board.qemu_extra_args(config)
 
 
 @pytest.fixture
@@ -251,8 +262,11 @@ def pytest_runtest_makereport(item, call):
             text = report.longreprtext.strip() if report.longrepr else ""
             if report.skipped and isinstance(report.longrepr, tuple):
                 text = report.longrepr[2]
+            outcome = report.outcome
+            if hasattr(report, "wasxfail"):  # an emulator's known error: neither a pass nor a chip failure
+                outcome, text = "xfailed", report.wasxfail
             item.config.stash[_RESULTS].setdefault(callspec.params["config"], {})[item.originalname] = (
-                report.outcome, text)
+                outcome, text)
     return report
 
 

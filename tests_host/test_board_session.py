@@ -111,3 +111,65 @@ def test_each_board_says_what_it_claims_and_resets_its_own_way(tmp_path):
     assert boards.missing_variant("mixed", tmp_path) == (
         f"mixed: {tmp_path}/gesture_model_mixed/gesture_model_mixed.espdl is missing: build it with "
         f"`quant build --variant mixed --models-dir {tmp_path}` (or test only the variants you built: -k)")
+
+
+def test_the_qemu_board_runs_the_qemu_build_with_the_s3_arguments_and_resets_over_qmp(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from quant import folder
+    from quant.board import boards, firmware
+
+    monkeypatch.setattr(folder, "FIRMWARE", tmp_path)
+    monkeypatch.setattr(firmware.qf, "FIRMWARE", tmp_path)
+    qemu = boards.QemuBoard(MODELS)
+    assert (qemu.claims, qemu.services_for("esp,idf"), qemu.start("int8")) == ("emulated", "idf,qemu", None)
+    assert qemu.build_dir("int8") == str(tmp_path / "build_esp32s3_int8_qemu") == str(firmware.build_dir("int8", qemu=True))
+    assert firmware.config_files("int8", qemu=True) == ["sdkconfig.defaults", "sdkconfig.ci.int8", "sdkconfig.qemu"]
+    args = qemu.qemu_extra_args("int8")
+    efuse = tmp_path / "build_esp32s3_int8_qemu" / "qemu_efuse.bin"
+    assert efuse.stat().st_size == 1024  # ESP-IDF's size; not --qemu-efuse-path, which straps download mode
+    for part in ("-m 32M", "driver=ssi_psram,property=is_octal,value=true", f"file={efuse},if=none,format=raw,id=efuse",
+                 "driver=nvram.esp32s3.efuse,property=drive,value=efuse", "wdt_disable,value=true"):
+        assert part in args
+    resets = []
+    qemu.reset(SimpleNamespace(hard_reset=lambda: resets.append("qmp")), again=False)  # it boots when QEMU starts
+    qemu.reset(SimpleNamespace(hard_reset=lambda: resets.append("qmp")), again=True)
+    assert resets == ["qmp"]
+    options = {"qemu": True, "virtual_board": False, "port": None}
+    assert isinstance(boards.select(options.get, MODELS), boards.QemuBoard)
+    options.update(virtual_board=True)
+    with pytest.raises(UserError, match="--virtual-board and --qemu exclude each other"):
+        boards.select(options.get, MODELS)
+
+
+def test_the_qemu_config_sets_what_qemu_needs_and_nothing_a_chip_needs(monkeypatch):
+    from quant.board import firmware
+    from quant.folder import FIRMWARE
+
+    lines = {ln.split("=")[0]: ln.split("=", 1)[1] for ln in (FIRMWARE / firmware.QEMU_CONFIG).read_text().splitlines()
+             if ln.startswith("CONFIG_")}
+    assert lines == {"CONFIG_ESPTOOLPY_FLASHMODE_DIO": "y", "CONFIG_GM_RUNS": "1"}
+    assert FIRMWARE / firmware.QEMU_CONFIG in firmware.sources("int8", qemu=True)
+    assert FIRMWARE / firmware.QEMU_CONFIG not in firmware.sources("int8")
+
+
+def test_without_qemu_on_the_path_the_qemu_board_says_how_to_install_it(monkeypatch, tmp_path):
+    from quant.board import boards
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    reason = boards.QemuBoard(MODELS).unavailable()
+    assert reason.startswith("--qemu needs Espressif's QEMU for ESP32-S3 and qemu-system-xtensa is not on the PATH")
+    assert "idf_tools.py install qemu-xtensa" in reason
+    assert boards.VirtualBoard(MODELS).unavailable() is None
+
+
+def test_the_qemu_board_explains_a_mismatch_only_at_a_layer_qemu_computes_wrongly():
+    from quant.board import boards
+
+    qemu = boards.QemuBoard(MODELS)
+    stem = qemu.explains("int8", "/stem/stem.0/Conv")
+    assert stem.startswith("emulated, not a chip result: Espressif QEMU esp-develop 9.2.2 computes 1 layer(s)")
+    assert "output channels [2, 5, 7] of 8" in stem and "docs/qemu.md" in stem
+    assert qemu.explains("int8", "/blocks/blocks.0/conv/conv.1/conv.1.0/Conv") is None  # depthwise: faithful
+    assert "computes 7 layer(s)" in qemu.explains("int8", None)  # a failed self-test: any wrong layer explains it
+    assert boards.ChipBoard(MODELS).explains("int8", "/stem/stem.0/Conv") is None  # a chip's mismatch always counts

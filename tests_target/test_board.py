@@ -2,7 +2,10 @@
 
 The board runs once per variant (the `board` fixture in conftest.py caches the session); each test
 below checks one thing of that run. Run: `pytest --target esp32s3 --port=/dev/ttyUSB0 tests_target`
-at a bench, `pytest --virtual-board tests_target` without a board.
+at a bench, `pytest --target esp32s3 --qemu tests_target` on Espressif's QEMU, `pytest --virtual-board
+tests_target` without either. On QEMU (claims "emulated") a mismatch that the board explains by a layer
+QEMU is known to compute wrongly (quant.board.qemu) is an expected failure with that reason: neither a
+pass nor a chip failure.
 """
 
 import hashlib
@@ -20,6 +23,8 @@ def test_outputs_match_simulator(board):
         pytest.fail(f"{board.variant}: {board.compare_error}", pytrace=False)
     if not board.verdict.ok:
         note = f"\n{board.bisect_note}" if board.bisect_note else ""
+        if board.emulator_note:  # the first diverging layer is one the emulator computes wrongly
+            pytest.xfail(f"{board.variant}: outputs differ: {board.emulator_note}{note}")
         pytest.fail(f"{board.verdict.message(board.tolerance)}{note}\nDUT log: {board.log_path}", pytrace=False)
 
 
@@ -37,6 +42,8 @@ def test_model_hash_matches_committed_espdl(board):
 
 
 def test_selftest_passed(board):
+    if board.run.selftest == "fail" and board.selftest_note:
+        pytest.xfail(f"{board.variant}: ESP-DL model->test() failed: {board.selftest_note}")
     if board.run.selftest != "pass":
         pytest.fail(
             f"{board.variant}: ESP-DL model->test() on the test value embedded in the .espdl "

@@ -1,6 +1,6 @@
 """A board is one interface with one class per kind: what the target tests run on.
 
-    board = boards.select(config)      # ChipBoard (--port=/ESPPORT), VirtualBoard (--virtual-board), or None
+    board = boards.select(config)      # ChipBoard (--port=/ESPPORT), VirtualBoard (--virtual-board), QemuBoard (--qemu), or None
     board.build(variant)               # None when the variant can run, else what is missing and how to fix it
     port = board.start(variant)        # flash-or-start: the port pytest-embedded opens (the chip flashes there)
     board.reset(dut, again=False)      # before each session
@@ -10,7 +10,7 @@
 Every board says what its results may claim (`claims`): "measured" (a chip), "virtual" (our own process:
 latency and memory are .info estimates), "emulated" (QEMU: outputs, self-test, hash and heap are real
 firmware; latency is emulator time). The session code and the tests read `claims`, never the kind.
-A new kind of board (QEMU, issue 10) is a new subclass: its services (`idf,qemu`), build, reset, claims.
+QemuBoard (`--qemu`) runs the real firmware on Espressif's QEMU (`idf,qemu`) and says where QEMU is wrong.
 
 Transports work on any pytest-embedded `dut`: `ExpectTransport` through pexpect (every byte also lands in
 the DUT log), `PortTransport` straight from the serial port for `run dump`'s megabytes.
@@ -182,6 +182,18 @@ class Board(ABC):
         """What to check when pytest-embedded could not open the board (appended to the error)."""
         return ""
 
+    def unavailable(self) -> str | None:
+        """Why this board cannot run on this machine (its tests skip with this reason), or None."""
+        return None
+
+    def qemu_extra_args(self, variant: str) -> str | None:
+        """pytest-embedded-qemu's --qemu-extra-args for `variant` (boards without QEMU: None)."""
+        return None
+
+    def explains(self, variant: str, node: str | None) -> str | None:
+        """For an emulated board: why a mismatch at `node` is the emulator's, not the chip's (None: it counts)."""
+        return None
+
 
 class ChipBoard(Board):
     """An ESP32-S3 at a bench through pytest-embedded's `esp,idf` services: `quant firmware` builds
@@ -276,9 +288,102 @@ class VirtualBoard(Board):
             proc.stop()
 
 
+class QemuBoard(Board):
+    """The real firmware on Espressif's QEMU (`qemu-system-xtensa -M esp32s3`) through pytest-embedded's
+    `idf,qemu` services. `quant firmware --qemu` builds firmware/build_esp32s3_<variant>_qemu (the variant's
+    configuration with firmware/sdkconfig.qemu last: DIO flash, one timed run per vector); the qemu service
+    merges the flash image from it and starts QEMU with ESP-IDF's arguments for the S3 (32 MB octal PSRAM,
+    eFuses, watchdog off); the console is QEMU's stdio. Results are emulated: outputs, self-test, hash and
+    heap are the real firmware's on an emulated CPU, latency is QEMU time. Where QEMU itself computes a
+    layer wrongly (quant.board.qemu), `explains` says so, and such a mismatch is neither a pass nor a chip
+    failure (docs/qemu.md)."""
+
+    kind, claims, services = "qemu", "emulated", "idf,qemu"
+    flag = ("--qemu", "run the board tests on the real firmware in Espressif's QEMU for ESP32-S3 "
+                      "(qemu-system-xtensa on the PATH; ESP-IDF exported to build the firmware)")
+    PROGRAM = "qemu-system-xtensa"
+    PSRAM = "32M"  # the R8 modules' 8 MB and more: ESP-IDF's `idf.py qemu` passes -m 32M too
+
+    @classmethod
+    def from_options(cls, option, models):
+        return cls(models) if option("qemu") else None
+
+    def unavailable(self) -> str | None:
+        import shutil  # noqa: PLC0415
+
+        if shutil.which(self.PROGRAM) is None:
+            return (f"--qemu needs Espressif's QEMU for ESP32-S3 and {self.PROGRAM} is not on the PATH: install it "
+                    f"with ESP-IDF's `idf_tools.py install qemu-xtensa`, then `. $IDF_PATH/export.sh` (docs/qemu.md)")
+        try:
+            import pytest_embedded_qemu  # noqa: F401, PLC0415
+        except ImportError:
+            return "--qemu needs pytest-embedded-qemu: `make setup-board` (requirements-board.txt)"
+        return None
+
+    def build(self, variant: str) -> str | None:
+        from quant.board import firmware  # noqa: PLC0415
+
+        missing = missing_variant(variant, self.models)
+        if missing:
+            return missing
+        reason = firmware.needs_build(variant, self.models, qemu=True)
+        if reason is None:
+            return None
+        try:
+            firmware.build(variant, self.models, qemu=True)
+        except UserError as exc:
+            return f"{variant}: the QEMU test app must be built first ({reason}), and it cannot be built here: {exc}"
+        return None
+
+    def build_dir(self, variant: str) -> str | None:
+        return str(folder.FIRMWARE / f"build_{self.target}_{variant}_qemu")
+
+    def qemu_extra_args(self, variant: str) -> str:
+        """What ESP-IDF's `idf.py qemu` adds for an S3 besides the flash drive (pytest-embedded adds that):
+        PSRAM, octal mode, the eFuse block (written from pytest-embedded's default for the S3 if missing;
+        not through --qemu-efuse-path, which also straps the chip into download mode) and no watchdog."""
+        from pytest_embedded_qemu.qemu import QEMU_TARGETS  # noqa: PLC0415
+
+        efuse = Path(self.build_dir(variant)) / "qemu_efuse.bin"
+        if not efuse.is_file():
+            efuse.parent.mkdir(parents=True, exist_ok=True)
+            efuse.write_bytes(QEMU_TARGETS[self.target].default_efuse)
+        return " ".join([
+            f"-m {self.PSRAM}", "-global driver=ssi_psram,property=is_octal,value=true",
+            f"-drive file={efuse},if=none,format=raw,id=efuse",
+            f"-global driver=nvram.{self.target}.efuse,property=drive,value=efuse",
+            f"-global driver=timer.{self.target}.timg,property=wdt_disable,value=true",
+        ])
+
+    def start(self, variant: str) -> str | None:
+        return None  # the qemu service starts QEMU when the dut opens; its console is QEMU's stdio
+
+    def reset(self, dut: Any, *, again: bool) -> None:
+        if again:
+            dut.hard_reset()  # QMP system_reset
+
+    def explains(self, variant: str, node: str | None) -> str | None:
+        """Why a mismatch says nothing about the chip: `node` (the first diverging layer; None: not localized,
+        e.g. the self-test) is, or the model has, a layer QEMU computes wrongly. None: QEMU is not known to
+        be wrong here, so the mismatch counts."""
+        from quant.board import qemu  # noqa: PLC0415
+        from quant.espdl import reader  # noqa: PLC0415
+
+        wrong = qemu.unfaithful_nodes(reader.load(variant_file(variant, ".espdl", self.models)))
+        hit = [w for w in wrong if node is None or w.node == node]
+        if not hit:
+            return None
+        return (f"emulated, not a chip result: {qemu.QEMU_VERSION} computes {len(hit)} layer(s) of this model wrongly "
+                f"({'; '.join(w.describe() for w in hit[:3])}{'; ...' if len(hit) > 3 else ''}): {qemu.REASON}; "
+                "QEMU cannot check these numbers (docs/qemu.md)")
+
+    def open_failed(self, variant: str) -> str:
+        return f" (QEMU on {self.build_dir(variant)}/flash_image.bin)"
+
+
 # Every kind of board, in the order `select` asks them (a board picked by its own flag before the chip,
-# which a --port picks). A new kind (QEMU) is one class here; conftest.py adds its `flag`.
-KINDS: dict[str, type[Board]] = {"virtual": VirtualBoard, "chip": ChipBoard}
+# which a --port picks). A new kind is one class here; conftest.py adds its `flag`.
+KINDS: dict[str, type[Board]] = {"virtual": VirtualBoard, "qemu": QemuBoard, "chip": ChipBoard}
 
 
 def select(option: Callable[[str], Any], models: Path) -> Board | None:
@@ -296,5 +401,5 @@ def select(option: Callable[[str], Any], models: Path) -> Board | None:
     return None
 
 
-__all__ = ["Board", "BoardSessionError", "ChipBoard", "VirtualBoard", "KINDS", "CLAIMS", "TARGET", "VARIANTS",
+__all__ = ["Board", "BoardSessionError", "ChipBoard", "QemuBoard", "VirtualBoard", "KINDS", "CLAIMS", "TARGET", "VARIANTS",
            "select", "missing_variant", "ExpectTransport", "PortTransport", "Silence", "log_hint"]

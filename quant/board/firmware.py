@@ -37,9 +37,18 @@ INSTALL_HINT = (
 )
 
 
-def build_dir(variant: str) -> Path:
-    """firmware/build_esp32s3_<variant>: idf-build-apps' build_@t_@w, what pytest-embedded flashes."""
-    return qf.FIRMWARE / f"build_{TARGET}_{variant}"
+QEMU_CONFIG = "sdkconfig.qemu"  # layered last for a QEMU build (DIO flash, one timed run per vector)
+
+
+def build_dir(variant: str, qemu: bool = False) -> Path:
+    """firmware/build_esp32s3_<variant>: idf-build-apps' build_@t_@w, what pytest-embedded flashes
+    (`qemu`: firmware/build_esp32s3_<variant>_qemu, the same app configured for Espressif's QEMU)."""
+    return qf.FIRMWARE / f"build_{TARGET}_{variant}{'_qemu' if qemu else ''}"
+
+
+def config_files(variant: str, qemu: bool = False) -> list[str]:
+    """SDKCONFIG_DEFAULTS of a build, in order (ESP-IDF adds each file's .esp32s3 sibling itself)."""
+    return ["sdkconfig.defaults", f"sdkconfig.ci.{variant}", *([QEMU_CONFIG] if qemu else [])]
 
 
 def _check_variant(variant: str) -> None:
@@ -70,22 +79,23 @@ def configured_models(folder: Path) -> Path | None:
     return None
 
 
-def sources(variant: str, models: Path | None = None) -> list[Path]:
+def sources(variant: str, models: Path | None = None, qemu: bool = False) -> list[Path]:
     """Every file a variant's build depends on: its .espdl, the vectors and the firmware sources."""
     _check_variant(variant)
     models = _models(models)
     files = [qf.variant_file(variant, ".espdl", models), models / qf.VECTORS_BIN.name,
              models / qf.VECTORS_META.name]
-    files += [qf.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}")]
+    files += [qf.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}",
+                                               *([QEMU_CONFIG] if qemu else []))]
     files += sorted(p for p in (qf.FIRMWARE / "main").iterdir() if p.is_file())
     return files
 
 
-def needs_build(variant: str, models: Path | None = None) -> str | None:
-    """Why firmware/build_esp32s3_<variant> must be (re)built for the models folder `models`, or None when
-    it is up to date."""
+def needs_build(variant: str, models: Path | None = None, qemu: bool = False) -> str | None:
+    """Why firmware/build_esp32s3_<variant>[_qemu] must be (re)built for the models folder `models`, or None
+    when it is up to date."""
     models = _models(models)
-    folder = build_dir(variant)
+    folder = build_dir(variant, qemu)
     app = folder / f"{PROJECT}.bin"
     for required in (folder / "flasher_args.json", app, folder / "config" / "sdkconfig.json"):
         if not required.is_file():
@@ -94,7 +104,7 @@ def needs_build(variant: str, models: Path | None = None) -> str | None:
     embedded = configured_models(folder)
     if embedded is not None and embedded != models:
         return f"{_rel(folder)} embeds the models of {_rel(embedded)}, not {_rel(models)}"
-    for src in sources(variant, models):
+    for src in sources(variant, models, qemu):
         if not src.exists():
             return f"{_rel(src)} is missing"
         if src.stat().st_mtime > built:
@@ -123,21 +133,21 @@ def idf_command() -> list[str]:
     raise UserError(f"ESP-IDF at {idf_path} is not exported in this shell (no idf.py on PATH): {INSTALL_HINT}")
 
 
-def build(variant: str, models: Path | None = None) -> Path:
+def build(variant: str, models: Path | None = None, qemu: bool = False) -> Path:
     """Build one variant's test app, embedding the models folder `models` (default models/), into
-    firmware/build_esp32s3_<variant>; returns that folder."""
+    firmware/build_esp32s3_<variant> (`qemu`: <...>_qemu with sdkconfig.qemu layered last); returns that folder."""
     _check_variant(variant)
     models = _models(models)
     command = idf_command()
-    for src in sources(variant, models):
+    for src in sources(variant, models, qemu):
         if not src.exists():
             raise UserError(f"{_rel(src)} is missing: produce the models first "
                             f"(`quant build --variant {variant} --models-dir {_rel(models)}`, or 'make models')")
-    folder = build_dir(variant)
+    folder = build_dir(variant, qemu)
     folder.mkdir(parents=True, exist_ok=True)
     # defaults only fill options an existing sdkconfig lacks: start a fresh one when they changed
     sdkconfig = folder / "sdkconfig"
-    defaults = [*qf.FIRMWARE.glob("sdkconfig.defaults*"), qf.FIRMWARE / f"sdkconfig.ci.{variant}",
+    defaults = [*qf.FIRMWARE.glob("sdkconfig.defaults*"), *(qf.FIRMWARE / n for n in config_files(variant, qemu)),
                 qf.FIRMWARE / "main" / "Kconfig.projbuild"]
     if sdkconfig.exists() and any(d.stat().st_mtime > sdkconfig.stat().st_mtime for d in defaults):
         sdkconfig.unlink()
@@ -146,7 +156,7 @@ def build(variant: str, models: Path | None = None) -> Path:
         "-B", str(folder),
         f"-DIDF_TARGET={TARGET}",
         f"-DSDKCONFIG={folder / 'sdkconfig'}",
-        f"-DSDKCONFIG_DEFAULTS=sdkconfig.defaults;sdkconfig.ci.{variant}",
+        f"-DSDKCONFIG_DEFAULTS={';'.join(config_files(variant, qemu))}",
         f"-DGM_MODELS_DIR={models}",
         "build",
     ]
@@ -157,7 +167,7 @@ def build(variant: str, models: Path | None = None) -> Path:
             f"the {variant} firmware build failed (idf.py exit {result.returncode}); "
             f"see the output above and {_rel(folder / 'log')}"
         )
-    reason = needs_build(variant, models)
+    reason = needs_build(variant, models, qemu)
     if reason:
         raise UserError(f"the {variant} firmware build finished but is incomplete: {reason}")
     return folder
@@ -173,6 +183,11 @@ def add_arguments(parser) -> None:
         help="the models folder whose variants and fixed vectors the app embeds (default: models/)",
     )
     parser.add_argument(
+        "--qemu", action="store_true",
+        help=f"build for Espressif's QEMU instead of a chip: firmware/build_{TARGET}_<variant>_qemu, "
+             f"with firmware/{QEMU_CONFIG} layered last (docs/qemu.md)",
+    )
+    parser.add_argument(
         "--check", action="store_true",
         help="do not build: say which build folders are missing or stale (exit 1 if any); needs no ESP-IDF",
     )
@@ -186,12 +201,12 @@ def run(args) -> int:
     if args.check:
         stale = 0
         for variant in variants:
-            reason = needs_build(variant, models)
+            reason = needs_build(variant, models, args.qemu)
             stale += reason is not None
-            print(f"{variant}: up to date ({_rel(build_dir(variant))})" if reason is None else f"{variant}: needs a build: {reason}")
+            print(f"{variant}: up to date ({_rel(build_dir(variant, args.qemu))})" if reason is None else f"{variant}: needs a build: {reason}")
         return 1 if stale else 0
     idf_command()  # fail before building anything when ESP-IDF is missing
     for variant in variants:
-        folder = build(variant, models)
+        folder = build(variant, models, args.qemu)
         print(f"[firmware] {variant}: built {_rel(folder)}")
     return 0

@@ -53,6 +53,9 @@ class BoardOutcome:
     tolerance: dict | None = None
     compare_error: str | None = None  # the reference could not be read
     bisect_note: str | None = None  # first diverging layer (or why it could not be localized)
+    diverged_at: str | None = None  # that layer's node name, when localized
+    emulator_note: str | None = None  # an emulated board: why its mismatch is the emulator's (Board.explains)
+    selftest_note: str | None = None  # likewise for a failed model->test() (not localized: any wrong layer)
 
 
 def failed(board: Board, variant: str, error: str) -> BoardOutcome:
@@ -136,15 +139,16 @@ def _explain(run: protocol.BoardRun, problems: list[str], dut: Any) -> str:
 
 
 def localize(dut: Any, board: Board, variant: str, *, timeout_s: float, models: Path = MODELS,
-             tolerance: dict | None = None, bad_vectors: tuple[int, ...] = (0,)) -> str:
+             tolerance: dict | None = None, bad_vectors: tuple[int, ...] = (0,)) -> tuple[str, str | None]:
     """Run the board again in dump mode and name the first layer where its intermediates (vector 0)
-    leave the host interpreter's (quant.espdl.bisect; ESP32-S3 integer arithmetic on the committed .espdl)."""
+    leave the host interpreter's (quant.espdl.bisect; ESP32-S3 integer arithmetic on the committed .espdl):
+    (the note, that layer's node or None)."""
     from quant.espdl import reader as espdl
 
     try:
         dump = run_board(dut, board, dump=True, timeout_s=timeout_s, again=True)
     except BoardSessionError as exc:
-        return f"first diverging layer: not localized (the `run dump` session failed: {str(exc).splitlines()[0]})"
+        return f"first diverging layer: not localized (the `run dump` session failed: {str(exc).splitlines()[0]})", None
     try:
 
         model = espdl.load(variant_file(variant, ".espdl", models))
@@ -157,17 +161,17 @@ def localize(dut: Any, board: Board, variant: str, *, timeout_s: float, models: 
             if found is not None:
                 break
     except UserError as exc:
-        return f"first diverging layer: not localized ({exc})"
+        return f"first diverging layer: not localized ({exc})", None
     if found is None:
         return ("first diverging layer: not found: in `run dump` mode every intermediate of vector 0 agrees with "
-                f"the host interpreter; the dump covers vector 0 only, the mismatching vectors are {list(bad_vectors)}")
+                f"the host interpreter; the dump covers vector 0 only, the mismatching vectors are {list(bad_vectors)}"), None
     s = found.stat
     label = "host interpreter, simulator arithmetic" if exact else "host interpreter"
     report = bisect.format_report(model, board, host, tolerance, label_a="board", label_b=label)
     note = ("; the board agrees with the host interpreter's ESP32-S3 arithmetic on every layer, so this is where "
             "the chip's arithmetic and the PPQ simulator's differ" if exact else "")
     return (f"first diverging layer (board `run dump` vs {label}, vector 0): {s.op_type} {s.node} -> "
-            f"{s.value} ({found.agreed_before} earlier layers agree){note}\n{report}")
+            f"{s.value} ({found.agreed_before} earlier layers agree){note}\n{report}"), s.node
 
 
 def run_variant(dut: Any, board: Board, variant: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -183,12 +187,17 @@ def run_variant(dut: Any, board: Board, variant: str, *, timeout_s: float = DEFA
         return outcome
     if outcome.run.virtual and outcome.claims != "virtual":  # a virtual board on a chip's port claims nothing more
         outcome.claims, outcome.kind = "virtual", "virtual"
+    if outcome.run.selftest == "fail":
+        outcome.selftest_note = board.explains(variant, None)
     try:
         outcome.verdict, outcome.tolerance = compare.compare_run(outcome.run, variant, models)
     except UserError as exc:
         outcome.compare_error = str(exc)
         return outcome
     if bisect and not outcome.verdict.ok:
-        outcome.bisect_note = localize(dut, board, variant, timeout_s=timeout_s, models=models,
-                                       tolerance=outcome.tolerance, bad_vectors=tuple(outcome.verdict.bad_vectors))
+        outcome.bisect_note, outcome.diverged_at = localize(
+            dut, board, variant, timeout_s=timeout_s, models=models, tolerance=outcome.tolerance,
+            bad_vectors=tuple(outcome.verdict.bad_vectors))
+    if not outcome.verdict.ok and outcome.diverged_at is not None:
+        outcome.emulator_note = board.explains(variant, outcome.diverged_at)
     return outcome
