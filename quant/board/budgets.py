@@ -151,8 +151,8 @@ def update_from_report(report_path: Path, *, headroom: float, variants: list[str
                                                              else "virtual") != "measured"]
     if virtual:
         raise UserError(
-            f"{path} is a virtual-board run ({', '.join(virtual)}): its latency and memory are estimates, not "
-            "measurements; run the target tests on a real board (`pytest --target esp32s3 --port=/dev/ttyUSB0`) "
+            f"{path} is not a chip run ({', '.join(virtual)}: virtual or emulated): its latency and memory are not "
+            "the chip's; run the target tests on a real board (`pytest --target esp32s3 --port=/dev/ttyUSB0`) "
             "and pass that run's report"
         )
     date = str(doc.get("created", ""))[:10] or _dt.date.today().isoformat()
