@@ -104,7 +104,7 @@ def test_update_budgets_refuses_a_virtual_run_with_one_line(models, tmp_path):
                            "--models-dir", str(models), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
-    assert "virtual-board run" in proc.stderr and "not measurements" in proc.stderr
+    assert "is not a chip run (int8: virtual or emulated)" in proc.stderr and "not the chip's" in proc.stderr
 
 
 def test_update_budgets_refuses_measurements_of_another_model(models, tmp_path):
