@@ -173,3 +173,15 @@ def test_the_qemu_board_explains_a_mismatch_only_at_a_layer_qemu_computes_wrongl
     assert qemu.explains("int8", "/blocks/blocks.0/conv/conv.1/conv.1.0/Conv") is None  # depthwise: faithful
     assert "computes 7 layer(s)" in qemu.explains("int8", None)  # a failed self-test: any wrong layer explains it
     assert boards.ChipBoard(MODELS).explains("int8", "/stem/stem.0/Conv") is None  # a chip's mismatch always counts
+
+
+def test_a_machine_s_own_sdkconfig_is_layered_last_and_counts_as_a_source(monkeypatch, tmp_path):
+    from quant.board import firmware
+
+    local = tmp_path / "sdkconfig.local"
+    local.write_text("CONFIG_MBEDTLS_FS_IO=n\n")
+    monkeypatch.setenv(firmware.EXTRA_ENV, str(local))
+    assert firmware.config_files("mixed", qemu=True)[-2:] == ["sdkconfig.qemu", str(local)]
+    assert local in firmware.sources("mixed")
+    monkeypatch.delenv(firmware.EXTRA_ENV)
+    assert firmware.config_files("mixed") == ["sdkconfig.defaults", "sdkconfig.ci.mixed"]

@@ -46,9 +46,19 @@ def build_dir(variant: str, qemu: bool = False) -> Path:
     return qf.FIRMWARE / f"build_{TARGET}_{variant}{'_qemu' if qemu else ''}"
 
 
+EXTRA_ENV = "QUANT_SDKCONFIG_EXTRA"  # ';'-separated sdkconfig files of this machine, layered after ours
+
+
+def local_configs() -> list[Path]:
+    """This machine's own sdkconfig overrides ($QUANT_SDKCONFIG_EXTRA), e.g. what a locally built ESP-IDF
+    or toolchain needs; they are layered last and count as sources of the build."""
+    return [Path(p).resolve() for p in os.environ.get(EXTRA_ENV, "").split(";") if p.strip()]
+
+
 def config_files(variant: str, qemu: bool = False) -> list[str]:
     """SDKCONFIG_DEFAULTS of a build, in order (ESP-IDF adds each file's .esp32s3 sibling itself)."""
-    return ["sdkconfig.defaults", f"sdkconfig.ci.{variant}", *([QEMU_CONFIG] if qemu else [])]
+    return ["sdkconfig.defaults", f"sdkconfig.ci.{variant}", *([QEMU_CONFIG] if qemu else []),
+            *(str(p) for p in local_configs())]
 
 
 def _check_variant(variant: str) -> None:
@@ -87,6 +97,7 @@ def sources(variant: str, models: Path | None = None, qemu: bool = False) -> lis
              models / qf.VECTORS_META.name]
     files += [qf.FIRMWARE / name for name in (*FIRMWARE_SOURCES, f"sdkconfig.ci.{variant}",
                                                *([QEMU_CONFIG] if qemu else []))]
+    files += local_configs()
     files += sorted(p for p in (qf.FIRMWARE / "main").iterdir() if p.is_file())
     return files
 
