@@ -129,6 +129,8 @@ def _cell_budget(entry: dict, name: str) -> str:
     m = b["measured"]
     if m is None:
         return f"? / {b['value']}"
+    if name == "latency_us" and entry.get("claims") == "emulated":
+        return f"{m} / {b['value']} (emulator time, not gated)"
     flag = "" if b["within"] else " **over**"
     return f"{m} / {b['value']}{flag}"
 
@@ -164,7 +166,8 @@ def _title(report: dict) -> str:
     if report["passed"] and ("xfailed" in tests or "skipped" in tests):
         verdict += (f" ({tests.count('passed')} checks passed, {tests.count('xfailed')} not checkable on the "
                     f"emulator, {tests.count('skipped')} skipped)")
-    return f"Target run {report['created']}: {verdict} on a {kind}{fault}"
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"Target run {report['created']}: {verdict} on {article} {kind}{fault}"
 
 
 def markdown(report: dict) -> str:
