@@ -210,23 +210,25 @@ class ChipBoard(Board):
     def services_for(self, given: str | None) -> str:
         return given or self.services  # e.g. a bench that needs other services says so on the command line
 
+    qemu = False  # the firmware build for Espressif's QEMU (QemuBoard) instead of a chip
+
     def build(self, variant: str) -> str | None:
         from quant.board import firmware  # noqa: PLC0415
 
         missing = missing_variant(variant, self.models)
         if missing:
             return missing
-        reason = firmware.needs_build(variant, self.models)
+        reason = firmware.needs_build(variant, self.models, qemu=self.qemu)
         if reason is None:
             return None
         try:
-            firmware.build(variant, self.models)
+            firmware.build(variant, self.models, qemu=self.qemu)
         except UserError as exc:
-            return f"{variant}: the test app must be built before flashing ({reason}), and it cannot be built here: {exc}"
+            return f"{variant}: the test app must be built first ({reason}), and it cannot be built here: {exc}"
         return None
 
     def build_dir(self, variant: str) -> str | None:
-        return str(folder.FIRMWARE / f"build_{self.target}_{variant}")
+        return str(folder.FIRMWARE / f"build_{self.target}_{variant}{'_qemu' if self.qemu else ''}")
 
     def start(self, variant: str) -> str | None:
         return self.given_port or os.environ.get("ESPPORT")
@@ -288,7 +290,7 @@ class VirtualBoard(Board):
             proc.stop()
 
 
-class QemuBoard(Board):
+class QemuBoard(ChipBoard):
     """The real firmware on Espressif's QEMU (`qemu-system-xtensa -M esp32s3`) through pytest-embedded's
     `idf,qemu` services. `quant firmware --qemu` builds firmware/build_esp32s3_<variant>_qemu (the variant's
     configuration with firmware/sdkconfig.qemu last: DIO flash, one timed run per vector); the qemu service
@@ -320,23 +322,10 @@ class QemuBoard(Board):
             return "--qemu needs pytest-embedded-qemu: `make setup-board` (requirements-board.txt)"
         return None
 
-    def build(self, variant: str) -> str | None:
-        from quant.board import firmware  # noqa: PLC0415
+    qemu = True
 
-        missing = missing_variant(variant, self.models)
-        if missing:
-            return missing
-        reason = firmware.needs_build(variant, self.models, qemu=True)
-        if reason is None:
-            return None
-        try:
-            firmware.build(variant, self.models, qemu=True)
-        except UserError as exc:
-            return f"{variant}: the QEMU test app must be built first ({reason}), and it cannot be built here: {exc}"
-        return None
-
-    def build_dir(self, variant: str) -> str | None:
-        return str(folder.FIRMWARE / f"build_{self.target}_{variant}_qemu")
+    def services_for(self, given: str | None) -> str:
+        return self.services
 
     def qemu_extra_args(self, variant: str) -> str:
         """What ESP-IDF's `idf.py qemu` adds for an S3 besides the flash drive (pytest-embedded adds that):
