@@ -25,7 +25,6 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from quant import folder
 from quant.errors import UserError
 from quant.folder import VARIANTS, variant_file
 
@@ -228,7 +227,9 @@ class ChipBoard(Board):
         return None
 
     def build_dir(self, variant: str) -> str | None:
-        return str(folder.FIRMWARE / f"build_{self.target}_{variant}{'_qemu' if self.qemu else ''}")
+        from quant.board import firmware  # noqa: PLC0415
+
+        return str(firmware.build_dir(variant, self.qemu))
 
     def start(self, variant: str) -> str | None:
         return self.given_port or os.environ.get("ESPPORT")
@@ -305,6 +306,7 @@ class QemuBoard(ChipBoard):
                       "(qemu-system-xtensa on the PATH; ESP-IDF exported to build the firmware)")
     PROGRAM = "qemu-system-xtensa"
     PSRAM = "32M"  # the R8 modules' 8 MB and more: ESP-IDF's `idf.py qemu` passes -m 32M too
+    qemu = True
 
     @classmethod
     def from_options(cls, option, models):
@@ -321,8 +323,6 @@ class QemuBoard(ChipBoard):
         except ImportError:
             return "--qemu needs pytest-embedded-qemu: `make setup-board` (requirements-board.txt)"
         return None
-
-    qemu = True
 
     def services_for(self, given: str | None) -> str:
         return self.services
