@@ -15,9 +15,10 @@ to `FLOAT_DIGITS` significant digits, so a rebuild on another CPU (whose float s
 6th-7th digit) writes the same bytes.
 
 **The `.info` digest contract.** A `.info` is the identity part (everything the build computed) followed
-by the `[budgets.*]` tables, and nothing after them (`render_info` writes it so and checks it). `quant
-update-budgets` rewrites only the budgets part (`rewrite_budgets`), so `info_digest` hashes the identity
-part only: the text before `BUDGETS_MARKER`. A budgets update is neither damage nor a reason to rebuild.
+by the `[budgets.*]` tables, then at most a `[build]` table (`render_info` writes it so and checks it). `quant
+update-budgets` rewrites only the budgets part (`rewrite_budgets`) and `quant firmware` only the `[build]` table
+(`record_build`: the test app's sizes from its real build), so `info_digest` hashes the identity part only: the
+text before `BUDGETS_MARKER`. Neither update is damage nor a reason to rebuild.
 """
 
 from __future__ import annotations
@@ -178,8 +179,10 @@ class Info:
     budgets: dict[str, Budget]
 
 
-def render_info(variant: str, quality: Mapping, model: Mapping, budgets: Mapping[str, Mapping], worst_source: str) -> str:
-    """The .info text (pure). The budgets tables come last: see the digest contract in the module doc."""
+def render_info(variant: str, quality: Mapping, model: Mapping, budgets: Mapping[str, Mapping], worst_source: str,
+                build: Mapping | None = None) -> str:
+    """The .info text (pure). The budgets tables come last, then the `[build]` record if there is one: see the
+    digest contract in the module doc."""
     q, m = quality, model
     line = toml_line
     head = [
@@ -219,7 +222,59 @@ def render_info(variant: str, quality: Mapping, model: Mapping, budgets: Mapping
     for name in BUDGETS:
         tail += ["", f"[budgets.{name}]".ljust(40) + f" # {BUDGET_NOTES[name]}"]
         tail += [toml_line(k, v, BUDGET_KEY_NOTES.get(k, "")) for k, v in budgets[name].items()]
-    return "\n".join(head + tail) + "\n"
+    return "\n".join(head + tail) + "\n" + (render_build(build) if build else "")
+
+
+# the [build] table: what `quant firmware` measured of the test app it built with this .espdl embedded
+BUILD_TABLE = "[build]"
+BUILD_KEY_NOTES = {
+    "provenance": "'build': read off a real ESP-IDF build (esp-idf-size), not estimated",
+    "espdl_sha256": "the .espdl the app embeds (a rebuild keeps this table while the .espdl is the same)",
+    "idf_version": "ESP-IDF of the build",
+    "compiler": "the toolchain of the build",
+    "components": "ESP-IDF components in the build",
+    "app_bytes": "the app image (gesture_test_app.bin); the build fails when it exceeds the partition",
+    "app_partition_bytes": "the factory app partition (firmware/partitions.csv)",
+    "memory": "static use per memory type, esp-idf-size --format json2 (bytes)",
+}
+
+
+def render_build(record: Mapping) -> str:
+    lines = ["", BUILD_TABLE.ljust(40) + " # the test app built with this .espdl embedded (written by `quant firmware`)"]
+    lines += [toml_line(k, v, BUILD_KEY_NOTES.get(k, "")) for k, v in record.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _split_build(text: str) -> tuple[str, str]:
+    """(the .info text without its [build] table, that table's text or '')."""
+    cut = text.find("\n" + BUILD_TABLE)
+    return (text, "") if cut < 0 else (text[: cut + 1].rstrip("\n") + "\n", text[cut + 1:])
+
+
+def read_build(variant: str, models: Path = MODELS) -> dict | None:
+    """The [build] record of a variant's .info, or None when its test app was never measured."""
+    build = _parse_info(variant_file(variant, ".info", models)).get("build")
+    return build if isinstance(build, dict) else None
+
+
+def kept_build(variant: str, models: Path, espdl_sha: str) -> dict | None:
+    """The [build] record of an existing variant folder if it was measured with the .espdl `espdl_sha`."""
+    try:
+        build = read_build(variant, models)
+    except UserError:
+        return None
+    return build if build and build.get("espdl_sha256") == espdl_sha else None
+
+
+def record_build(variant: str, models: Path, record: Mapping) -> Path:
+    """Replace the [build] table of a variant's .info with `record` (the rest is kept byte for byte)."""
+    path = variant_file(variant, ".info", models)
+    text, _ = _split_build(path.read_text())
+    out = text + render_build(record)
+    if tomllib.loads(out).get("build") != stable(dict(record)):  # never write a file we cannot read back exactly
+        raise UserError(f"could not write the [build] table of {path}; rebuild it with `quant build`")
+    write_text_atomic(path, out)
+    return path
 
 
 def info_digest(path_or_text: Path | str) -> str:

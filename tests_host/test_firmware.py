@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import quant
+import quant.errors
 from quant import folder as qf
 from quant.board import firmware
 
@@ -221,15 +222,23 @@ def test_quant_firmware_without_esp_idf_says_how_to_get_it():
 
 
 FAKE_IDF_PY = r'''#!{python}
-import json, pathlib, sys
+import json, os, pathlib, sys
 args = sys.argv[1:]
 build = pathlib.Path(args[args.index("-B") + 1])
+if "size" in args:  # `idf.py size --format json2 --output-file F`: esp-idf-size's summary of the app built
+    layout = [{{"name": "DIRAM", "used": 90000, "total": 341760}}, {{"name": "IRAM", "used": 16384, "total": 16384}},
+              {{"name": "Flash Code", "used": int(os.environ.get("FAKE_APP_BYTES", "3")), "total": 0}},
+              {{"name": "RTC SLOW", "used": 0, "total": 0}}]
+    pathlib.Path(args[args.index("--output-file") + 1]).write_text(json.dumps({{"version": "1.2", "layout": layout}}))
+    sys.exit(0)
 defaults = next(a for a in args if a.startswith("-DSDKCONFIG_DEFAULTS=")).split("=", 1)[1]
-variant = defaults.rsplit("sdkconfig.ci.", 1)[1]
+variant = defaults.rsplit("sdkconfig.ci.", 1)[1].split(";")[0]
 (build / "config").mkdir(parents=True, exist_ok=True)
 (build / "config" / "sdkconfig.json").write_text(json.dumps({{"GM_VARIANT": variant}}))
 (build / "flasher_args.json").write_text("{{}}")
-(build / "gesture_test_app.bin").write_bytes(b"app")
+(build / "gesture_test_app.bin").write_bytes(b"a" * int(os.environ.get("FAKE_APP_BYTES", "3")))
+(build / "project_description.json").write_text(json.dumps({{"git_revision": "v5.5.5", "c_compiler": "",
+                                                             "build_components": ["main", "esp-dl"]}}))
 (build / "argv.json").write_text(json.dumps(args))
 models = next(a for a in args if a.startswith("-DGM_MODELS_DIR=")).split("=", 1)[1]
 (build / "CMakeCache.txt").write_text("GM_MODELS_DIR:PATH=" + models + "\n")  # as CMake records the cache variable
@@ -241,12 +250,11 @@ def fake_repo(tmp_path, monkeypatch):
     """A copy of firmware/ with stand-in models, and an 'exported ESP-IDF' whose idf.py fakes a build."""
     import shutil
 
+    from conftest import make_fake_models
+
     repo = tmp_path / "repo"
     shutil.copytree(FW, repo / "firmware", ignore=shutil.ignore_patterns("build*", "managed_components"))
-    models = repo / "models"
-    for v in qf.VARIANTS:
-        qf.variant_file(v, ".espdl", models).parent.mkdir(parents=True)
-        qf.variant_file(v, ".espdl", models).write_bytes(b"EDL2")
+    models = make_fake_models(repo / "models")
     (models / "test_vectors.bin").write_bytes(b"\0" * 16)
     (models / "test_vectors.json").write_text("{}")
     for name, value in {"REPO": repo, "MODELS": models, "FIRMWARE": repo / "firmware",
@@ -333,6 +341,59 @@ def test_a_build_folder_of_another_variant_is_stale(fake_repo):
     config.write_text(json.dumps({"GM_VARIANT": "balanced"}))
     os.utime(config, (0, 0))
     assert firmware.needs_build("int8") == "firmware/build_esp32s3_int8 was configured for variant 'balanced'"
+
+
+def test_a_build_records_the_apps_real_sizes_in_the_info_and_keeps_everything_else(fake_repo, capsys):
+    info = qf.variant_file("int8", ".info", qf.MODELS)
+    before, budgets = info.read_text(), qf.load_budgets("int8", qf.MODELS)
+    firmware.build("int8")
+    after = info.read_text()
+    assert after.startswith(before.rstrip("\n") + "\n\n[build]"), "only a [build] table is appended"
+    assert qf.info_digest(after) == qf.info_digest(before)  # not damage, not a reason to rebuild
+    assert qf.load_budgets("int8", qf.MODELS) == budgets
+    record = qf.read_build("int8", qf.MODELS)
+    assert record["provenance"] == "build" and record["idf_version"] == "v5.5.5" and record["components"] == 2
+    assert record["app_bytes"] == 3 and record["app_partition_bytes"] == 0x700000  # firmware/partitions.csv
+    assert record["espdl_sha256"] == qf.sha256_file(qf.variant_file("int8", ".espdl", qf.MODELS))
+    assert [m["name"] for m in record["memory"]] == ["DIRAM", "IRAM", "Flash Code"]  # an all-zero type is dropped
+    assert "app 3 B of the 7,340,032 B partition (100% free); static use: DIRAM 90,000 of 341,760" in capsys.readouterr().out
+    firmware.build("int8")  # again: the table is replaced, not repeated
+    assert info.read_text() == after
+
+
+def test_a_qemu_build_keeps_its_sizes_in_its_build_folder(fake_repo):
+    before = qf.variant_file("mixed", ".info", qf.MODELS).read_text()
+    folder = firmware.build("mixed", qemu=True)
+    assert (folder / firmware.SIZE_FILE).is_file()
+    assert qf.variant_file("mixed", ".info", qf.MODELS).read_text() == before
+
+
+def test_an_app_larger_than_its_partition_fails_the_build_and_leaves_the_info(fake_repo, monkeypatch):
+    info = qf.variant_file("balanced", ".info", qf.MODELS)
+    before = info.read_text()
+    monkeypatch.setenv("FAKE_APP_BYTES", str(0x700000 + 1))
+    with pytest.raises(quant.errors.UserError) as exc:
+        firmware.build("balanced")
+    assert str(exc.value) == ("the balanced app is 7340033 B, more than its 7340032 B factory partition "
+                              "(firmware/partitions.csv): make the model smaller or the partition larger (the flash is 8 MB)")
+    assert info.read_text() == before
+
+
+def test_partition_sizes_are_read_as_esp_idf_reads_them():
+    assert [firmware._csv_int(t) for t in ("0x700000", "7M", "28K", "4096", " 0x10000 ")] == [
+        0x700000, 0x700000, 28 * 1024, 4096, 0x10000]
+
+
+def test_update_budgets_and_a_rebuild_keep_the_build_record(fake_repo):
+    firmware.build("int8")
+    text = qf.variant_file("int8", ".info", qf.MODELS).read_text()
+    record = qf.read_build("int8", qf.MODELS)
+    rewritten = qf.rewrite_budgets(text, {"latency_us": {"value": 1234, "provenance": "measured"}})
+    assert rewritten.endswith(text[text.index("\n[build]"):])  # the budgets' rewrite stops at [build]
+    sha = record["espdl_sha256"]
+    assert qf.kept_build("int8", qf.MODELS, sha) == record  # quant build keeps it while the .espdl is the same
+    assert qf.kept_build("int8", qf.MODELS, "0" * 64) is None
+    assert qf.kept_build("mixed", qf.MODELS, sha) is None  # never measured
 
 
 # ------------------------------------------------------------------ with ESP-IDF / ESP-DL trees

@@ -169,10 +169,9 @@ def build(variant: str, models: Path | None = None, qemu: bool = False) -> Path:
         f"-DSDKCONFIG={folder / 'sdkconfig'}",
         f"-DSDKCONFIG_DEFAULTS={';'.join(config_files(variant, qemu))}",
         f"-DGM_MODELS_DIR={models}",
-        "build",
     ]
-    print(f"[firmware] {variant}: {' '.join(command)}", flush=True)
-    result = subprocess.run(command, cwd=qf.FIRMWARE, check=False)
+    print(f"[firmware] {variant}: {' '.join(command + ['build'])}", flush=True)
+    result = subprocess.run(command + ["build"], cwd=qf.FIRMWARE, check=False)
     if result.returncode != 0:
         raise UserError(
             f"the {variant} firmware build failed (idf.py exit {result.returncode}); "
@@ -181,7 +180,86 @@ def build(variant: str, models: Path | None = None, qemu: bool = False) -> Path:
     reason = needs_build(variant, models, qemu)
     if reason:
         raise UserError(f"the {variant} firmware build finished but is incomplete: {reason}")
+    # esp-idf-size's figures of the app just built (ESP-IDF's own `idf.py size`, its json2 summary)
+    size = subprocess.run(command + ["size", "--format", "json2", "--output-file", str(folder / SIZE_FILE)],
+                          cwd=qf.FIRMWARE, check=False, capture_output=True, text=True)
+    if size.returncode != 0 or not (folder / SIZE_FILE).is_file():
+        last = ((size.stderr or size.stdout).strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"the {variant} firmware built, but `idf.py size` failed (exit {size.returncode}: {last}); "
+                        f"install ESP-IDF's Python requirements (esp-idf-size) with its install.sh")
+    record = build_record(variant, folder, models)
+    print(f"[firmware] {variant}: {describe(record)}", flush=True)
+    if record["app_bytes"] > record["app_partition_bytes"]:
+        raise UserError(f"the {variant} app is {record['app_bytes']} B, more than its "
+                        f"{record['app_partition_bytes']} B factory partition (firmware/partitions.csv): make the "
+                        f"model smaller or the partition larger (the flash is {FLASH_BYTES // 2**20} MB)")
+    over = [m for m in record["memory"] if m["total"] and m["used"] > m["total"]]
+    if over:
+        raise UserError(f"the {variant} app does not fit the chip's {over[0]['name']}: {over[0]['used']} B of "
+                        f"{over[0]['total']} B (esp-idf-size, {_rel(folder / SIZE_FILE)})")
+    if not qemu:  # the QEMU configuration is not the app a chip runs: its sizes stay in its build folder
+        qf.record_build(variant, models, record)
     return folder
+
+
+SIZE_FILE = "size.json"  # `idf.py size --format json2` of a build, in its build folder
+FLASH_BYTES = 8 * 2**20  # CONFIG_ESPTOOLPY_FLASHSIZE_8MB (sdkconfig.defaults.esp32s3)
+
+
+def _csv_int(text: str) -> int:
+    """A partition-table number: decimal or 0x hex, optionally with a K or M suffix (ESP-IDF's gen_esp32part)."""
+    t = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20}.get(t[-1:], 1)
+    t = t[:-1] if scale > 1 else t
+    return int(t, 16 if t.startswith("0X") else 10) * scale
+
+
+def app_partition_bytes() -> int:
+    """The size of the factory app partition of firmware/partitions.csv."""
+    for line in (qf.FIRMWARE / "partitions.csv").read_text().splitlines():
+        cells = [c.strip() for c in line.split("#", 1)[0].split(",")]
+        if len(cells) >= 5 and cells[1] == "app" and cells[2] == "factory":
+            return _csv_int(cells[4])
+    raise UserError("firmware/partitions.csv has no factory app partition: add one (see docs/firmware.md)")
+
+
+def _compiler(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.splitlines()[0].strip() if out.strip() else "unknown"
+
+
+def build_record(variant: str, folder: Path, models: Path | None = None) -> dict:
+    """The [build] record of a finished build folder: app image vs partition, and esp-idf-size's static use
+    per memory type (what `quant firmware` writes into the variant's .info)."""
+    models = _models(models)
+    try:
+        size = json.loads((folder / SIZE_FILE).read_text())
+        layout = size["layout"]
+        desc = json.loads((folder / "project_description.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{_rel(folder)} has no readable {SIZE_FILE} / project_description.json ({exc}): "
+                        f"rebuild it with `quant firmware --variant {variant}`") from None
+    return {
+        "provenance": "build",
+        "espdl_sha256": qf.sha256_file(qf.variant_file(variant, ".espdl", models)),
+        "idf_version": str(desc.get("git_revision", "unknown")),
+        "compiler": _compiler(str(desc.get("c_compiler", ""))),
+        "components": len(desc.get("build_components") or []),
+        "app_bytes": (folder / f"{PROJECT}.bin").stat().st_size,
+        "app_partition_bytes": app_partition_bytes(),
+        "memory": [{"name": str(m["name"]), "used": int(m["used"]), "total": int(m["total"])} for m in layout
+                   if m.get("used") or m.get("total")],
+    }
+
+
+def describe(record: dict) -> str:
+    """One line of a [build] record: the app vs its partition, then each memory type's static use."""
+    app, part = record["app_bytes"], record["app_partition_bytes"]
+    mem = ", ".join(f"{m['name']} {m['used']:,}" + (f" of {m['total']:,}" if m["total"] else "") for m in record["memory"])
+    return f"app {app:,} B of the {part:,} B partition ({1 - app / part:.0%} free); static use: {mem} B"
 
 
 def add_arguments(parser) -> None:

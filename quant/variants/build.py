@@ -350,9 +350,10 @@ class Measured:
     meta: dict  # without the hashes of the written files (`serialise` adds them)
     espdl: bytes
     graph_txt: bytes
+    build: dict | None = None  # the [build] record of the last good folder, kept while the .espdl is the same
 
 
-def measure(quantizer, result, ctx: Context, key: str, measured_budgets: dict) -> Measured:
+def measure(quantizer, result, ctx: Context, key: str, measured_budgets: dict, kept_build: dict | None = None) -> Measured:
     """Everything a variant folder records, from a quantization result (nothing is written)."""
 
     spec, attempt = result.spec, result.attempt
@@ -424,12 +425,12 @@ def measure(quantizer, result, ctx: Context, key: str, measured_budgets: dict) -
         "versions": versions(),
     }
     return Measured(spec, quality, model, budgets, worst_source, reference_text, meta, espdl_bytes,
-                    attempt.graph_dump.read_bytes())
+                    attempt.graph_dump.read_bytes(), kept_build)
 
 
 def serialise(m: Measured) -> dict[str, bytes]:
     """suffix -> file bytes of one variant folder (pure: the same records give the same bytes)."""
-    info_text = qf.render_info(m.spec.name, m.quality, m.model, m.budgets, m.worst_source)
+    info_text = qf.render_info(m.spec.name, m.quality, m.model, m.budgets, m.worst_source, m.build)
     meta = {**m.meta, "hashes": {**m.meta["hashes"], "info": qf.info_digest(info_text),
                                  "reference": _sha(m.reference_text.encode()), "graph_txt": _sha(m.graph_txt)}}
     return {".espdl": m.espdl, ".graph.txt": m.graph_txt, ".reference.json": m.reference_text.encode(),
@@ -596,8 +597,9 @@ def build_batch(args, models, keys, user, classes, input_name, output_names, vec
             try:
                 staging.mkdir()
                 result = quantizer.run(spec)
-                measured = measure(quantizer, result, ctx, keys[spec.name],
-                                   qf.measured_budgets(spec.name, models, _sha(result.attempt.espdl.read_bytes())))
+                espdl_sha = _sha(result.attempt.espdl.read_bytes())
+                measured = measure(quantizer, result, ctx, keys[spec.name], qf.measured_budgets(spec.name, models, espdl_sha),
+                                   qf.kept_build(spec.name, models, espdl_sha))
                 write_variant(serialise(measured), staging, target.name, keys[spec.name])
                 failure = gate(spec, measured.quality, result.sensitivity)
                 if failure:
