@@ -46,6 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(kind.flag[0], action="store_true", help=kind.flag[1])
     group.addoption("--virtual-fault", default="none", metavar="NAME",
                     help="inject this fault into the virtual board (see quant.board.virtual.FAULTS)")
+    group.addoption("--qemu-fault", default="none", metavar="NAME",
+                    help="a drill on the real firmware in QEMU: flash it with this fault (see quant.board.flash_faults.FAULTS)")
     group.addoption("--board-timeout", type=float, default=25.0, metavar="SECONDS",
                     help="fail a board session after this many seconds without output (default: %(default)s)")
     group.addoption("--models-dir", default=None, metavar="DIR",
@@ -91,6 +93,14 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("virtual_fault") not in FAULTS:
             raise pytest.UsageError(f"--virtual-fault {config.getoption('virtual_fault')!r} is unknown; "
                                     f"choose one of {', '.join(FAULTS)}")
+    if config.getoption("qemu_fault") != "none":
+        from quant.board.flash_faults import FAULTS as FLASH_FAULTS
+
+        if not config.getoption("qemu"):
+            raise pytest.UsageError("--qemu-fault needs --qemu")
+        if config.getoption("qemu_fault") not in FLASH_FAULTS:
+            raise pytest.UsageError(f"--qemu-fault {config.getoption('qemu_fault')!r} is unknown; "
+                                    f"choose one of {', '.join(FLASH_FAULTS)}")
     board = config.stash[_BOARD] = _select(config)
     mode = board is not None and not board.unavailable()  # (an unavailable board's tests skip: no results)
     config.stash[_OUTCOMES] = {}
@@ -281,7 +291,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         paths = board_report.write_run_report(
             Path(run_dir), outcomes, config.stash[_RESULTS],
-            fault=config.getoption("virtual_fault") if config.getoption("virtual_board") else None,
+            fault=next((f for f in (getattr(config.stash[_BOARD], "fault", "none"),) if f != "none"), None),
             junit=config.option.xmlpath, dut_logs=config.option.root_logdir,
         )
         config.stash[_REPORT] = paths

@@ -69,3 +69,19 @@ def board_run(**kw):
     run = parse_transcript(transcript(**kw))
     assert run.problems() == [], run.problems()
     return run
+
+
+# an ESP-IDF app image with an .espdl embedded (quant.board.flash_faults patches such images)
+ESPDL = b"EDL2" + (0).to_bytes(4, "little") + (1234).to_bytes(4, "little") + bytes(range(256)) * 20
+
+
+def app_image(payload: bytes = ESPDL, digest: bool = True) -> bytes:
+    """An ESP32-S3 app image written by esptool itself: an IRAM segment and a DROM segment holding `payload`."""
+    from esptool.bin_image import ELFSection, ESP32S3FirmwareImage
+
+    image = ESP32S3FirmwareImage()
+    image.entrypoint = 0x40378000
+    image.append_digest = digest
+    image.segments = [ELFSection(b".iram0.text", 0x40378000, b"\x36\x41\x00" * 100, 0),
+                      ELFSection(b".flash.rodata", 0x3C020000, b"rodata" + payload + b"tail", 0)]
+    return image.save(None)  # (esptool 5: the image's bytes)

@@ -185,3 +185,63 @@ def test_a_machine_s_own_sdkconfig_is_layered_last_and_counts_as_a_source(monkey
     assert local in firmware.sources("mixed")
     monkeypatch.delenv(firmware.EXTRA_ENV)
     assert firmware.config_files("mixed") == ["sdkconfig.defaults", "sdkconfig.ci.mixed"]
+
+
+def test_the_error_esp_idf_logged_before_the_apps_error_is_named_with_it():
+    lines = transcript().splitlines(keepends=True)
+    lines[3:3] = ["\x1b[0;31mE (312) FbsLoader: This is a cryptographic model, please enter the secret key!\x1b[0m\n",
+                  format_line("ERROR", {"code": "model_load", "msg": "ESP-DL_could_not_load_the_model"}) + "\n"]
+    with pytest.raises(BoardSessionError) as err:
+        run_board(FakeDut("".join(lines)), VIRTUAL, timeout_s=1)
+    head, second = str(err.value).splitlines()[:2]
+    assert head == "the test app reported ERROR code=model_load msg=ESP-DL could not load the model"
+    assert second == "  ESP-IDF's last error log: E (312) FbsLoader: This is a cryptographic model, please enter the secret key!"
+
+
+ADDR2LINE = r'''#!/bin/sh
+# what xtensa-esp32s3-elf-addr2line -pfiaC -e ELF PC... prints, one frame per PC
+[ "$1" = "-pfiaC" ] && [ "$2" = "-e" ] || exit 2
+shift 3
+for pc in "$@"; do
+  case "$pc" in
+    0x40376a1b) echo "$pc: panic_abort at /idf/components/esp_system/panic.c:463" ;;
+    0x4200c3f5) echo "$pc: dl::Model::load(fbs::FbsModel*) at /fw/managed_components/espressif__esp-dl/dl/model/src/dl_model_base.cpp:140" ;;
+    *) echo "$pc: ?? ??:0" ;;
+  esac
+done
+'''
+
+
+def test_a_chip_boards_panic_names_the_decoded_backtrace(tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from quant.board.boards import ChipBoard
+
+    class Bench(ChipBoard):  # a chip whose (fake) dut boots when it is told to
+        def reset(self, dut, *, again):
+            dut.write("reset")
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "xtensa-esp32s3-elf-addr2line").write_text(ADDR2LINE)
+    (bindir / "xtensa-esp32s3-elf-addr2line").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    (tmp_path / "project_description.json").write_text(json.dumps({"monitor_toolprefix": "xtensa-esp32s3-elf-"}))
+    (tmp_path / "app.elf").write_bytes(b"\x7fELF")
+    text = cut_after(transcript(), "INPUT", 0) + (
+        "assert failed: create_fbs_model fbs_loader.cpp:328 (mode == 0 || mode == 1)\n\n"
+        "Backtrace: 0x40376a1b:0x3fc9a0e0 0x4200c3f5:0x3fc9a100 0x40000000:0x3fc9a120\n")
+    dut = FakeDut(text)
+    dut.app = SimpleNamespace(elf_file=str(tmp_path / "app.elf"), binary_path=str(tmp_path))
+    with pytest.raises(BoardSessionError) as err:
+        run_board(dut, Bench(MODELS, port="/dev/null"), timeout_s=1)
+    lines = str(err.value).splitlines()
+    assert lines[0] == ("the board reset during vector 0 (panic: assert failed: create_fbs_model fbs_loader.cpp:328 "
+                        "(mode == 0 || mode == 1))")
+    assert lines[1] == ("  backtrace (decoded with the app's ELF): panic_abort (panic.c:463) <- "
+                        "dl::Model::load(fbs::FbsModel*) (dl_model_base.cpp:140) <- ??")
+    dut.app = SimpleNamespace()  # no ELF (a virtual board's app): the panic is still named, not decoded
+    with pytest.raises(BoardSessionError) as err:
+        run_board(dut, Bench(MODELS, port="/dev/null"), timeout_s=1)
+    assert "backtrace" not in str(err.value).splitlines()[1]

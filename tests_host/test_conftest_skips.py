@@ -42,6 +42,14 @@ def test_a_virtual_fault_without_the_virtual_board_is_a_usage_error():
     assert proc.returncode == 4 and "--virtual-fault needs --virtual-board" in proc.stderr
 
 
+def test_a_qemu_fault_needs_the_qemu_board_and_a_known_name():
+    proc = pytest_run("tests_target", "--qemu-fault=model_refused")
+    assert proc.returncode == 4 and "--qemu-fault needs --qemu" in proc.stderr
+    proc = pytest_run("tests_target", "--qemu", "--qemu-fault=flipped_bits")
+    assert proc.returncode == 4 and ("--qemu-fault 'flipped_bits' is unknown; choose one of stale_image, model_refused, "
+                                     "model_assert") in proc.stderr
+
+
 def _one_variant_folder(root, with_vectors: bool):
     if not variant_file("int8", ".espdl").exists():
         pytest.skip("the committed models are missing: run `quant build` (or `make models`)")

@@ -379,6 +379,35 @@ def test_an_app_larger_than_its_partition_fails_the_build_and_leaves_the_info(fa
     assert info.read_text() == before
 
 
+def test_the_qemu_boards_faults_are_made_from_the_real_qemu_builds(fake_repo):
+    from target_fixtures import ESPDL, app_image
+
+    from quant.board import flash_faults
+    from quant.board.boards import QemuBoard
+
+    stale = QemuBoard(qf.MODELS, fault="stale_image")
+    assert stale.build("int8") == ("int8: the stale_image fault cannot be made: the stale_image fault flashes another "
+                                   "variant's app, and no other variant's QEMU build is up to date: "
+                                   "`quant firmware --qemu --variant mixed`")
+    firmware.build("balanced", qemu=True)
+    assert stale.build("int8") is None
+    assert stale.build_dir("int8") == str(firmware.build_dir("balanced", qemu=True))  # flashes balanced's app
+
+    qf.variant_file("int8", ".espdl", qf.MODELS).write_bytes(ESPDL)
+    build = firmware.build("int8", qemu=True)
+    (build / "gesture_test_app.bin").write_bytes(app_image())
+    (build / "flasher_args.json").write_text(json.dumps({"app": {"offset": "0x10000", "file": "gesture_test_app.bin"},
+                                                         "flash_files": {"0x10000": "gesture_test_app.bin"}}))
+    refused = QemuBoard(qf.MODELS, fault="model_refused")
+    assert refused.build("int8") is None
+    folder = Path(refused.build_dir("int8"))
+    assert folder == build.parent / "build_esp32s3_int8_qemu_fault_model_refused"
+    app = (folder / "gesture_test_app.bin").read_bytes()
+    assert flash_faults.is_sealed(app) and app[app.find(ESPDL[:4]) + 4] == 1
+    assert (folder / "config" / "sdkconfig.json").is_file() and (folder / "project_description.json").is_file()
+    assert (build / "gesture_test_app.bin").read_bytes() == app_image()  # the real build is untouched
+
+
 def test_partition_sizes_are_read_as_esp_idf_reads_them():
     assert [firmware._csv_int(t) for t in ("0x700000", "7M", "28K", "4096", " 0x10000 ")] == [
         0x700000, 0x700000, 28 * 1024, 4096, 0x10000]

@@ -193,6 +193,10 @@ class Board(ABC):
         """For an emulated board: why a mismatch at `node` is the emulator's, not the chip's (None: it counts)."""
         return None
 
+    def decode_backtrace(self, dut: Any, line: str) -> str | None:
+        """A panic's `Backtrace:` line as 'function (file:line)' frames, or None when it cannot be decoded."""
+        return None
+
 
 class ChipBoard(Board):
     """An ESP32-S3 at a bench through pytest-embedded's `esp,idf` services: `quant firmware` builds
@@ -241,6 +245,34 @@ class ChipBoard(Board):
         if hard_reset is None:
             raise BoardSessionError("cannot reset the board for a second session: use the esp,idf services")
         hard_reset()
+
+    def decode_backtrace(self, dut: Any, line: str) -> str | None:
+        """What `idf.py monitor` shows for a panic: the backtrace's PCs through the toolchain's addr2line with the
+        app's ELF (pytest-embedded-idf decodes panics on RISC-V targets only). None without ELF or toolchain."""
+        import json  # noqa: PLC0415
+        import re  # noqa: PLC0415
+        import shutil  # noqa: PLC0415
+        import subprocess  # noqa: PLC0415
+
+        pcs = re.findall(r"(0x[0-9a-fA-F]{8}):0x[0-9a-fA-F]{8}", line)
+        app = getattr(dut, "app", None)
+        elf, build = getattr(app, "elf_file", None), getattr(app, "binary_path", None)
+        if not pcs or not elf or not build:
+            return None
+        try:
+            prefix = json.loads((Path(build) / "project_description.json").read_text())["monitor_toolprefix"]
+            tool = shutil.which(f"{prefix}addr2line")
+            out = subprocess.run([tool, "-pfiaC", "-e", elf, *pcs], capture_output=True, text=True, timeout=60,
+                                 check=True).stdout if tool else ""
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+            return None
+        frames = []
+        for row in out.splitlines():  # "0x4037...: func at /path/file.c:123" (inlined frames: " (inlined by) ...")
+            if row.startswith("0x"):
+                where = row.split(": ", 1)[-1]
+                func, _, loc = where.partition(" at ") if " at " in where else (where.split(" ")[0], "", "")
+                frames.append(f"{func} ({Path(loc).name})" if loc and "??" not in loc else func)
+        return " <- ".join(frames[:8]) or None
 
     def open_failed(self, variant: str) -> str:
         return (f" (flashing {self.build_dir(variant)}); check the cable, the port (--port=/dev/ttyUSB0) and "
@@ -310,7 +342,40 @@ class QemuBoard(ChipBoard):
 
     @classmethod
     def from_options(cls, option, models):
-        return cls(models) if option("qemu") else None
+        return cls(models, fault=option("qemu_fault") or "none") if option("qemu") else None
+
+    def __init__(self, models: Path, *, fault: str = "none", **kw):
+        super().__init__(models, **kw)
+        self.fault = fault  # quant.board.flash_faults: a drill on the real firmware ("none": the build as it is)
+
+    def _others(self, variant: str) -> dict[str, Path]:
+        from quant.board import firmware  # noqa: PLC0415
+
+        return {v: firmware.build_dir(v, True) for v in VARIANTS
+                if v != variant and firmware.needs_build(v, self.models, qemu=True) is None}
+
+    def build(self, variant: str) -> str | None:
+        problem = super().build(variant)
+        if problem or self.fault == "none":
+            return problem
+        from quant.board import firmware, flash_faults  # noqa: PLC0415
+
+        try:
+            flash_faults.prepare(self.fault, variant, firmware.build_dir(variant, True),
+                                 variant_file(variant, ".espdl", self.models), self._others(variant))
+        except UserError as exc:
+            return f"{variant}: the {self.fault} fault cannot be made: {exc}"
+        return None
+
+    def build_dir(self, variant: str) -> str | None:
+        if self.fault == "none":
+            return super().build_dir(variant)
+        from quant.board import firmware, flash_faults  # noqa: PLC0415
+
+        try:
+            return str(flash_faults.folder(self.fault, variant, firmware.build_dir(variant, True), self._others(variant)))
+        except UserError:
+            return super().build_dir(variant)  # build() says why
 
     def unavailable(self) -> str | None:
         import shutil  # noqa: PLC0415

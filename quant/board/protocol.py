@@ -28,7 +28,7 @@ MAX_LINE_BYTES = 1024  # from '@' to the last checksum digit, newline excluded
 MAX_TENSOR_ELEMENTS_PER_LINE = 64
 MAX_TENSOR_ELEMENTS = 1 << 24  # a sanity bound for the parser (16 Mi elements)
 MAGIC = "@gm"
-PANIC_MARKERS = ("Guru Meditation Error", "abort() was called", "Backtrace:")
+PANIC_MARKERS = ("Guru Meditation Error", "abort() was called", "assert failed:", "Backtrace:")
 RESET_MARKERS = ("rst:0x", "ESP-ROM:")
 DTYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32}
 MEM_STAGES = ("before_load", "after_load", "after_runs", "low_water")
@@ -53,6 +53,8 @@ class VersionMismatch(ProtocolError):
 # ---------------------------------------------------------------------------------------------
 # Field types and the tags of protocol v1
 
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")  # ESP-IDF's log colours
+_ESP_LOG_ERROR_RE = re.compile(r"E \(\d+\) [^:]+: ")
 _INT_RE = re.compile(r"0|-?[1-9][0-9]*")
 _UINT_RE = re.compile(r"0|[1-9][0-9]*")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
@@ -398,6 +400,7 @@ class BoardRun:
     resets: list[Reset] = field(default_factory=list)
     pre_boot: list[BadLine] = field(default_factory=list)  # protocol lines before any BOOT
     log_lines: int = 0
+    log_errors: list[str] = field(default_factory=list)  # ESP-IDF error log lines ("E (ms) tag: ...") after BOOT
     after_end: int = 0  # lines after END (ignored: the run is closed at END)
     last_tag: str | None = None  # of the latest protocol line before END
 
@@ -620,6 +623,9 @@ class TranscriptParser:
     def _log_line(self, raw: str) -> None:
         run = self.run
         run.log_lines += 1
+        text = _ANSI_RE.sub("", raw).strip()
+        if run.boot is not None and _ESP_LOG_ERROR_RE.match(text):
+            run.log_errors = [*run.log_errors[-4:], text]  # e.g. ESP-DL's reason before the app's ERROR
         marker = next((m for m in PANIC_MARKERS + RESET_MARKERS if m in raw), None)
         if marker is None:
             return

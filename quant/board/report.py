@@ -105,7 +105,7 @@ def build_report(outcomes: Mapping[str, Any], results: Mapping[str, Mapping[str,
     return {
         "kind": "target-run", "format": FORMAT, "created": created,
         "board": kinds.pop() if len(kinds) == 1 else "mixed",
-        "virtual_fault": fault, "passed": passed, "junit": junit, "dut_logs": dut_logs,
+        "fault": fault, "passed": passed, "junit": junit, "dut_logs": dut_logs,
         "variants": variants,
     }
 
@@ -160,7 +160,7 @@ def _title(report: dict) -> str:
             "chip": "ESP32-S3 board", "mixed": "virtual board and chip",
             "qemu": "emulated ESP32-S3 (the real firmware on Espressif's QEMU; latency is emulator time)",
             }.get(report["board"], f"{report['board']} board")
-    fault = f", injected fault: {report['virtual_fault']}" if report.get("virtual_fault") not in (None, "none") else ""
+    fault = f", injected fault: {report['fault']}" if report.get("fault") not in (None, "none") else ""
     verdict = "PASSED" if report["passed"] else "FAILED"
     tests = [t["outcome"] for e in report["variants"].values() for t in e["tests"].values()]
     if report["passed"] and ("xfailed" in tests or "skipped" in tests):

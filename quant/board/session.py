@@ -112,15 +112,20 @@ def run_board(dut: Any, board: Board, *, dump: bool = False, timeout_s: float = 
     run = session.finish()
     problems = run.problems()
     if problems:
-        raise BoardSessionError(_explain(run, problems, dut))
+        raise BoardSessionError(_explain(run, problems, dut, board))
     return run
 
 
-def _explain(run: protocol.BoardRun, problems: list[str], dut: Any) -> str:
+def _explain(run: protocol.BoardRun, problems: list[str], dut: Any, board: Board) -> str:
+    extra = []
     if run.resets:
         r = run.resets[0]
         kind = "panic" if any(m in r.evidence for m in protocol.PANIC_MARKERS) else "reset"
         head = f"the board reset {r.where} ({kind}: {r.evidence.strip()[:120]})"
+        trace = next((m.text for m in run.markers if m.reason == "Backtrace:" and m.line_no >= r.line_no), None)
+        frames = board.decode_backtrace(dut, trace) if trace else None
+        if frames:
+            extra.append(f"  backtrace (decoded with the app's ELF): {frames}")
     elif run.foreign:
         head = "the board speaks another protocol version than this harness (protocol v1)"
     elif run.corrupt:
@@ -131,7 +136,9 @@ def _explain(run: protocol.BoardRun, problems: list[str], dut: Any) -> str:
         head = f"the test app reported ERROR code={code} msg={msg.replace('_', ' ')}"
     else:
         head = "the board's transcript is incomplete or inconsistent"
-    return "\n".join([head, *(f"  - {p}" for p in problems), log_hint(dut)])
+    if run.log_errors:
+        extra.append(f"  ESP-IDF's last error log: {run.log_errors[-1]}")
+    return "\n".join([head, *extra, *(f"  - {p}" for p in problems), log_hint(dut)])
 
 
 # ---------------------------------------------------------------------------------------------
