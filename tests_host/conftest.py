@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,56 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+# ---------------------------------------------------------------------------------------------
+# slow subprocess work, started when collection ends so that it runs beside the rest of the suite (the
+# machines have 2 cores and most tests use one): the single-operator models the selected tests need
+# (modules list them in OPGEN_NAMES) and whatever a module's `start_in_background(config)` starts
+
+_JOBS = pytest.StashKey[dict]()
+
+
+def start_job(config: pytest.Config, key: str, argv: list[str], env: dict | None = None) -> None:
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, cwd=folder.REPO, env=dict(os.environ, PYTHONHASHSEED="0", **(env or {})),
+                            stdout=log, stderr=subprocess.STDOUT)
+    config.stash.setdefault(_JOBS, {})[key] = (proc, log)
+
+
+def job_result(config: pytest.Config, key: str, timeout: float = 900) -> tuple[int, str] | None:
+    """(exit code, output) of the background job `key`, waiting for it; None if it was never started."""
+    proc, log = config.stash.get(_JOBS, {}).pop(key, (None, None))
+    if proc is None:
+        return None
+    rc = proc.wait(timeout)
+    log.seek(0)
+    return rc, log.read().decode(errors="replace")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if hasattr(config, "workerinput") or not session.items:
+        return
+    modules = list(dict.fromkeys(item.module for item in session.items))
+    names = list(dict.fromkeys(n for m in modules for n in getattr(m, "OPGEN_NAMES", ())))
+    cache = getattr(config, "cache", None)
+    if names and cache is not None:  # (without pytest's cache the fixtures generate into temporary folders)
+        import opgen
+
+        root = cache.mkdir("espdl_opgen")
+        missing = [n for n in names if not (root / opgen.cache_key() / f"{n}.espdl").is_file()]
+        if missing:
+            start_job(config, "opgen", [sys.executable, str(Path(__file__).with_name("opgen.py")), "--cache",
+                                        str(root), *missing])
+    for module in modules:
+        start = getattr(module, "start_in_background", None)
+        if start is not None:
+            start(config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for proc, log in config.stash.get(_JOBS, {}).values():  # a job whose test did not run (-x, Ctrl-C)
+        proc.kill()
+        proc.wait()
+        log.close()

@@ -355,22 +355,32 @@ def cache_root(request, tmp_path_factory) -> Path:
 
 
 def cached(names, root: Path) -> dict[str, Path]:
-    """{name: .espdl path}, generating into root/<cache_key()>/ only what is not there yet."""
+    """{name: .espdl path}, generating into root/<cache_key()>/ only what is not there yet. A name another
+    process is generating (the run's background prefetch, tests_host/conftest.py) is waited for, not redone."""
+    import fcntl
+
     folder = Path(root) / cache_key()
+    folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in names:
         path = folder / f"{name}.espdl"
-        if not path.is_file():  # export into a scratch folder, then publish atomically
-            scratch = folder / f".tmp-{name}-{os.getpid()}"
-            os.replace(generate(CASES[name], scratch), path)
-            for leftover in scratch.iterdir():
-                leftover.unlink()
-            scratch.rmdir()
+        if not path.is_file():
+            with open(folder / f".{name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # held by whoever generates `name`
+                if not path.is_file():  # export into a scratch folder, then publish atomically
+                    scratch = folder / f".tmp-{name}-{os.getpid()}"
+                    os.replace(generate(CASES[name], scratch), path)
+                    for leftover in scratch.iterdir():
+                        leftover.unlink()
+                    scratch.rmdir()
         out[name] = path
     return out
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--cache"]:  # python opgen.py --cache ROOT NAME...: fill the test cache (prefetch)
+        cached(sys.argv[3:], Path(sys.argv[2]))
+        sys.exit(0)
     out = Path(sys.argv[1])
     names = sys.argv[2:] or list(CASES)
     for n in names:

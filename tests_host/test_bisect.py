@@ -16,6 +16,7 @@ from quant.espdl.interpreter import Interpreter
 from quant.tensor import Tensor
 
 NAME = "mixed_requant_s8_s16"  # Conv s8 -> RequantizeLinear -> depthwise Conv+Relu s16 -> RequantizeLinear -> Conv s8
+OPGEN_NAMES = [NAME, "chain_all_values_mixed"]
 
 
 @pytest.fixture(scope="module")

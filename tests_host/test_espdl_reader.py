@@ -15,6 +15,7 @@ from quant.espdl import reader as espdl
 from quant.errors import UserError
 
 NAMES = ["mixed_requant_s8_s16", "head_gap_gemm_s8"]
+OPGEN_NAMES = NAMES
 
 
 @pytest.fixture(scope="module")

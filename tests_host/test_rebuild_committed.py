@@ -14,9 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
+from pathlib import Path
 
 import pytest
+from conftest import job_result, start_job
 
 from quant import folder as qf
 from quant.variants import build as qbuild
@@ -47,32 +50,57 @@ def committed_is_fresh() -> bool:
     return json.loads((COMMITTED / f"{STEM}.json").read_text())["hashes"]["build"] == key
 
 
-def has_measured_budgets() -> bool:
+def has_kept_records() -> bool:
+    """The committed .info holds what a rebuild keeps from the folder it replaces: measured budgets
+    (`quant update-budgets`) or the test app's [build] record (`quant firmware`)."""
     with open(COMMITTED / f"{STEM}.info", "rb") as fh:
-        return any(b.get("provenance") == "measured" for b in tomllib.load(fh).get("budgets", {}).values())
+        doc = tomllib.load(fh)
+    return "build" in doc or any(b.get("provenance") == "measured" for b in doc.get("budgets", {}).values())
 
 
-def test_a_rebuild_of_int8_is_byte_identical_to_the_committed_files(tmp_path):
+def rebuild_command(models) -> list[str]:
+    """A models folder with the committed vectors (and what a rebuild keeps), and the command that rebuilds int8 in it."""
+    models.mkdir(parents=True, exist_ok=True)
+    for p in (qf.VECTORS_BIN, qf.VECTORS_META):
+        shutil.copyfile(p, models / p.name)
+    if has_kept_records():
+        # measured budgets and the [build] record are carried over by a rebuild only from the folder it replaces,
+        # and only if the rebuilt .espdl has the committed hash: give it the committed .info/.json (no .espdl, so
+        # the folder is stale and is rebuilt; the assertion below checks that it was)
+        (models / STEM).mkdir(exist_ok=True)
+        for s in (".info", ".json"):
+            shutil.copyfile(COMMITTED / f"{STEM}{s}", models / STEM / f"{STEM}{s}")
+    return [sys.executable, "-m", "quant", "build", "--variant", VARIANT, "--models-dir", str(models)]
+
+
+_BACKGROUND_MODELS = []  # the models folder of the rebuild started when collection ended
+
+
+def start_in_background(config):
+    """Start the rebuild (about 20 s of one core) when the run starts, beside the other tests (conftest.py)."""
+    if committed_is_fresh():
+        models = Path(tempfile.mkdtemp(prefix="rebuild-int8-")) / "models"
+        start_job(config, "rebuild_int8", rebuild_command(models), env=OTHER_CPU)
+        _BACKGROUND_MODELS.append(models)
+
+
+def test_a_rebuild_of_int8_is_byte_identical_to_the_committed_files(tmp_path, request):
     if not committed_is_fresh():
         pytest.skip(f"the committed {VARIANT} is stale: its build key is not this tree's (code, spec, inputs or "
                     f"tool versions changed since it was built), so a rebuild may differ; run `quant build` "
                     f"(`make models`) and commit models/")
-    models = tmp_path / "models"
-    models.mkdir()
-    for p in (qf.VECTORS_BIN, qf.VECTORS_META):
-        shutil.copyfile(p, models / p.name)
-    if has_measured_budgets():
-        # board measurements (`quant update-budgets`) are carried over by a rebuild only from the folder it
-        # replaces, and only if the rebuilt .espdl has the committed hash: give it the committed .info/.json
-        # (no .espdl, so the folder is stale and is rebuilt; the assertion below checks that it was)
-        (models / STEM).mkdir()
-        for s in (".info", ".json"):
-            shutil.copyfile(COMMITTED / f"{STEM}{s}", models / STEM / f"{STEM}{s}")
-    proc = subprocess.run([sys.executable, "-m", "quant", "build", "--variant", VARIANT, "--models-dir", str(models)],
-                          cwd=qf.REPO, env=dict(os.environ, PYTHONHASHSEED="0", **OTHER_CPU), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{VARIANT}: done in" in proc.stdout, proc.stdout  # quantized here, not found up to date
+    done = job_result(request.config, "rebuild_int8")
+    if done is not None:
+        models = _BACKGROUND_MODELS.pop()
+        request.addfinalizer(lambda: shutil.rmtree(models.parent, ignore_errors=True))
+        returncode, output = done
+    else:  # (not started in the background: run it now)
+        models = tmp_path / "models"
+        proc = subprocess.run(rebuild_command(models), cwd=qf.REPO, env=dict(os.environ, PYTHONHASHSEED="0", **OTHER_CPU),
+                              capture_output=True, text=True, timeout=600)
+        returncode, output = proc.returncode, proc.stdout + proc.stderr
+    assert returncode == 0, output
+    assert f"{VARIANT}: done in" in output, output  # quantized here, not found up to date
     differ = [s for s in COMPARED
               if (models / STEM / f"{STEM}{s}").read_bytes() != (COMMITTED / f"{STEM}{s}").read_bytes()]
     assert not differ, (f"the rebuilt {VARIANT} differs from the committed files in {', '.join(differ)}; "

@@ -10,6 +10,7 @@ from quant.tensor import Tensor
 
 SMALL = [name for name, case in opgen.CASES.items() if not {"model", "conformance"} & set(case.marks)]
 LAYERWISE = "chain_all_values_mixed"  # embeds every intermediate tensor
+OPGEN_NAMES = SMALL  # generated in the background from the start of the run (conftest.py)
 # ESP-DL 3.3.9 compiles CONFIG_ACCURATE_INFER 1 (esp-dl/dl/dl_define_private.hpp:42): average pools divide in
 # float (dl_base_avg_pool2d.cpp avgpool2d_hwc), like the simulator. These two models have a 6x6 global average,
 # where the fixed-point 2^e/n of an ESP-DL without ACCURATE_INFER (56/2048 for 36 cells) would differ.
