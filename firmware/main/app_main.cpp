@@ -280,6 +280,10 @@ void run_session(Session &s, bool dump)
     em.end();
 
     mem_line(em, "before_load", false);
+    // the low water from here on, not since boot: ESP-IDF adds its reserved internal pool
+    // (CONFIG_SPIRAM_MALLOC_RESERVE_INTERNAL) after startup with a minimum of 0, so the since-boot figure would
+    // count that whole pool (~32 KB) as used by the model; start() sets every heap's minimum to its free size
+    const bool local_low = heap_caps_monitor_local_minimum_free_size_start() == ESP_OK;
     if (model_bytes < 16 || memcmp(gm_model_start, "EDL2", 4) != 0) {
         s.fail("model_format", "embedded model is not an EDL2 .espdl file");
         return;
@@ -343,6 +347,9 @@ void run_session(Session &s, bool dump)
     }
     mem_line(em, "after_runs", false);
     mem_line(em, "low_water", true);
+    if (local_low) {
+        heap_caps_monitor_local_minimum_free_size_stop();
+    }
 
     if (dump && !dump_intermediates(s, model, input_name, vectors)) {
         return;

@@ -17,8 +17,6 @@ from quant.variants import latency
 LATENCY_HEADROOM = 0.5  # the model's leave-one-out error on the published whole models is up to 26 %: generous until measured
 MEMORY_HEADROOM = 0.25
 FLASH_HEADROOM = 0.0  # exact: the file's size
-INTERNAL_FIXED_BYTES = 8192  # assumed: model object, memory manager, I/O maps
-INTERNAL_PER_NODE_BYTES = 256  # assumed: module instance + tensor descriptors per node
 
 
 # ------------------------------------------------------------------ graph cost
@@ -82,6 +80,74 @@ def espdl_parameter_bytes(path: Path) -> int:
     return sum(t.data.nbytes for t in reader.load(path).initializers.values())
 
 
+# ------------------------------------------------------------------ internal RAM at load (ESP-DL 3.3.9, ESP-IDF 5.5)
+# Where the bytes go, read from the sources (docs/firmware.md, "Memory"): ESP-DL allocates parameters, LUTs,
+# module and tensor objects and the activation arena with MALLOC_CAP_DEFAULT, which the PSRAM heap (first in
+# ESP-IDF's list) serves; internal RAM holds the loader's C++ containers, plain new/malloc below
+# CONFIG_SPIRAM_MALLOC_ALWAYSINTERNAL. The peak is in Model::build(): the FbsModel's name maps, one TensorInfo
+# per value and get_tensor_info_from_fbs' locals are alive together on top of what the load keeps.
+ESPDL_OP_TYPES = """Conv Add Sub Mul Div Pow Mod Resize GlobalAveragePool AveragePool Concat Sigmoid Tanh Relu LeakyRelu
+HardSigmoid HardSwish Gelu LUT Gemm QuantizeLinear DequantizeLinear RequantizeLinear PRelu Clip Flatten Reshape
+Transpose Exp Log Sqrt Squeeze Unsqueeze Softmax LogSoftmax MaxPool Slice Pad MatMul Neg SpaceToDepth Split Gather
+Elu Greater GreaterOrEqual Equal Less LessOrEqual ReverseSequence ScatterND Identity Swish ReduceL1 ReduceL2
+ReduceMin ReduceMax ReduceSum ReduceProd ReduceMean ReduceSumSquare ReduceLogSum ReduceLogSumExp GRU LSTM
+DepthToSpace StreamingCache InsertZeros LayerNormalization LpNormalization RMSNormalization""".split()  # ModuleCreator
+MAP_NODE, STRING, FUNCTION = 16, 24, 16  # std::_Rb_tree_node_base, std::string, std::function (32-bit libstdc++)
+
+
+def _block(n: int) -> int:
+    """Internal heap bytes one malloc(n) takes (TLSF: 4-byte rounding, 12-byte minimum, 4-byte header)."""
+    return max((n + 3) & ~3, 12) + 4 if n > 0 else 0
+
+
+def _text(s: str) -> int:
+    """The heap buffer of a std::string (none up to 15 characters: small-string optimization)."""
+    return _block(len(s.encode()) + 1) if len(s.encode()) > 15 else 0
+
+
+def _grown(n: int, elem: int) -> int:
+    """The buffer of a std::vector after n push_backs (capacity doubles from 1)."""
+    return _block((1 << (n - 1).bit_length()) * elem) if n else 0
+
+
+def internal_ram_estimate(model) -> dict[str, int]:
+    """Internal RAM ESP-DL's `new dl::Model(...)` (flash rodata, greedy memory manager, param_copy) takes at its
+    peak, by part (bytes)."""
+    nodes, inits = model.nodes, model.initializers
+    entry = lambda name: _block(MAP_NODE + STRING + 4) + _text(name)  # noqa: E731  (a std::map<string, T*> entry)
+    names: dict[str, bool] = {}  # the ModelContext's tensor names: parameter or not
+    modules = 0
+    for n in nodes:
+        if n.op_type == "Conv":
+            modules += 3 * _block(8)  # dilations, strides, pads
+        elif n.op_type == "Transpose":
+            modules += _block(4 * len(n.attributes.get("perm", (0, 0, 0, 0))))
+        elif n.op_type == "Clip" and n.attributes.get("lut") in inits:  # its LUT tensor's shape and axis offsets
+            modules += 2 * _block(4 * max(len(inits[n.attributes["lut"]].dims), 1))
+        modules += _grown(len(n.inputs), 4) + _grown(len(n.outputs), 4)  # the module's tensor indices
+        for name in [*n.inputs, *n.outputs]:
+            names.setdefault(name, name in inits or name == "")
+    parameters = sum(2 * _block(4 * len(inits[k].dims)) for k, is_param in names.items() if is_param and k in inits
+                     and inits[k].dims)  # each parameter tensor's shape and axis offsets
+    variables = sum(1 for is_param in names.values() if not is_param)
+    kept = {
+        "model, context, loader objects": _block(144) + _block(64) + _block(16) + _block(152),
+        "operator registry": sum(_block(MAP_NODE + STRING + FUNCTION) + _text(op) for op in ESPDL_OP_TYPES),
+        "tensor name index": sum(entry(k) for k in names),
+        "module vectors": modules,
+        "parameter tensor shapes": parameters,
+        "context vectors": _grown(variables, 4) + _grown(len(names) - variables, 4) + _grown(len(nodes), 4),
+    }
+    transient = {
+        "loader name maps": sum(entry(k) for k in [*(n.name for n in nodes), *inits, *model.values])
+                            + sum(_block(16) + _text(k) + _block(8) for k in [*model.test_inputs, *model.test_outputs]),
+        "tensor infos": sum(_block(88) + _text(k) + _grown(len(v.shape or ()), 4) for k, v in model.values.items()),
+        "memory planner": _block(60) + _block(4 * variables) + _block(4 * len(nodes)) + 2 * _block(STRING)
+                          + _block(STRING * len(nodes)) + sum(_text(n.name) for n in nodes),
+    }
+    return {**kept, **transient}
+
+
 # ------------------------------------------------------------------ budgets
 
 
@@ -94,7 +160,8 @@ def budgets(espdl: Path, peak: int, params: int, espdl_bytes: int, nodes: int) -
 
     latency_us, per_node = latency.estimate(reader.load(espdl))
     gesture = next(r for r in latency.fit_table() if r["point"].startswith("hand gesture"))
-    internal = INTERNAL_FIXED_BYTES + INTERNAL_PER_NODE_BYTES * nodes
+    parts = internal_ram_estimate(reader.load(espdl))
+    internal = sum(parts.values())
     return {
         "latency_us": budget(latency_us, LATENCY_HEADROOM,
                              f"per-operator model of the {len(per_node)} nodes of the .espdl (quant.variants.latency: "
@@ -103,8 +170,9 @@ def budgets(espdl: Path, peak: int, params: int, espdl_bytes: int, nodes: int) -
                              f"bytes assumed; leave-one-out error on the published gesture model "
                              f"{gesture['loo_error']:+.0%}, see bench/latency_model.py)"),
         "internal_ram_bytes": budget(internal, MEMORY_HEADROOM,
-                                     f"{INTERNAL_FIXED_BYTES} B + {INTERNAL_PER_NODE_BYTES} B x {nodes} nodes (assumed "
-                                     f"model/module/descriptor overhead); activations and parameters are in PSRAM"),
+                                     f"peak of ESP-DL 3.3.9's loader in internal RAM, its C++ containers per node, "
+                                     f"tensor and name ({', '.join(f'{k} {v}' for k, v in parts.items())} B; "
+                                     f"quant.variants.info.internal_ram_estimate); activations and parameters are in PSRAM"),
         "psram_bytes": budget(peak + params, MEMORY_HEADROOM,
                               f"peak live activations {peak} B (greedy memory manager, max_internal_size=0 puts them in "
                               f"PSRAM) + parameters {params} B (param_copy=true copies them from flash)"),
