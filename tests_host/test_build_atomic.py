@@ -179,7 +179,7 @@ def test_a_failed_build_leaves_the_last_good_folder(first_build, images, tmp_pat
     monkeypatch.setattr(quantize.Quantizer, "run", lambda self, spec: argparse.Namespace(
         spec=spec, sensitivity=None, attempt=argparse.Namespace(espdl=espdl)))
 
-    def measure(quantizer, result, ctx, key, kept):
+    def measure(quantizer, result, ctx, key, kept, kept_build=None):
         return argparse.Namespace(quality={"top1_drop_points": 5.0, "float_top1": 0.99, "top1": 0.94,
                                            "worst_layers": [{"op": "/stem/Conv", "noise_signal": 0.5}]})
 
