@@ -408,6 +408,16 @@ def test_the_qemu_boards_faults_are_made_from_the_real_qemu_builds(fake_repo):
     assert (build / "gesture_test_app.bin").read_bytes() == app_image()  # the real build is untouched
 
 
+def test_the_build_record_reads_what_esp_idf_size_really_writes(fake_repo):
+    """tests_host/golden/esp_idf_size_1.7.1_int8_json2.json: `idf.py size --format json2` of the int8 app
+    (ESP-IDF v5.5.5, esp-idf-size 1.7.1), the summary the [build] table is made of."""
+    folder = firmware.build("int8")
+    shutil.copyfile(Path(__file__).parent / "golden" / "esp_idf_size_1.7.1_int8_json2.json", folder / firmware.SIZE_FILE)
+    memory = {m["name"]: (m["used"], m["total"]) for m in firmware.build_record("int8", folder)["memory"]}
+    assert memory == {"Flash Code": (828796, 0), "Flash Data": (501756, 0), "DIRAM": (92795, 341760),
+                      "RTC SLOW": (32, 8192), "RTC FAST": (24, 8192)}  # IRAM (0 of 0 on the S3) is dropped
+
+
 def test_partition_sizes_are_read_as_esp_idf_reads_them():
     assert [firmware._csv_int(t) for t in ("0x700000", "7M", "28K", "4096", " 0x10000 ")] == [
         0x700000, 0x700000, 28 * 1024, 4096, 0x10000]

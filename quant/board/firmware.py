@@ -185,8 +185,10 @@ def build(variant: str, models: Path | None = None, qemu: bool = False) -> Path:
                           cwd=qf.FIRMWARE, check=False, capture_output=True, text=True)
     if size.returncode != 0 or not (folder / SIZE_FILE).is_file():
         last = ((size.stderr or size.stdout).strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"the {variant} firmware built, but `idf.py size` failed (exit {size.returncode}: {last}); "
-                        f"install ESP-IDF's Python requirements (esp-idf-size) with its install.sh")
+        fix = ("ESP-IDF 5.x's `idf.py size` needs esp-idf-size 1.x (2.x has no esp_idf_size.ng): "
+               "`python -m pip install 'esp-idf-size<2'` in ESP-IDF's Python environment" if "Legacy esp-idf-size" in last
+               else "install ESP-IDF's Python requirements (esp-idf-size) with its install.sh")
+        raise UserError(f"the {variant} firmware built, but `idf.py size` failed (exit {size.returncode}: {last}); {fix}")
     record = build_record(variant, folder, models)
     print(f"[firmware] {variant}: {describe(record)}", flush=True)
     if record["app_bytes"] > record["app_partition_bytes"]:
