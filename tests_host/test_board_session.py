@@ -245,3 +245,20 @@ def test_a_chip_boards_panic_names_the_decoded_backtrace(tmp_path, monkeypatch):
     with pytest.raises(BoardSessionError) as err:
         run_board(dut, Bench(MODELS, port="/dev/null"), timeout_s=1)
     assert "backtrace" not in str(err.value).splitlines()[1]
+
+
+def test_the_session_waits_for_a_panics_backtrace_that_comes_after_its_first_line(tmp_path, monkeypatch):
+    class LateDut(FakeDut):  # the panic handler prints the backtrace a moment after the assert line
+        later = b"\nBacktrace: 0x40376a1b:0x3fc9a0e0 0x4200c3f5:0x3fc9a100\n"
+
+        def expect(self, pattern, timeout):
+            if pattern.search(self.buffer) is None and self.later:
+                self.buffer, self.later = self.buffer + self.later, b""
+            return super().expect(pattern, timeout)
+
+    seen = []
+    monkeypatch.setattr(VirtualBoard, "decode_backtrace", lambda self, dut, line: seen.append(line) or "f (x.c:1)")
+    text = cut_after(transcript(), "INPUT", 0) + "assert failed: 0x42050421 <cached disabled>:328\n"
+    with pytest.raises(BoardSessionError) as err:
+        run_board(LateDut(text), VIRTUAL, timeout_s=1)
+    assert seen == [LateDut.later.decode().strip()] and "backtrace (decoded with the app's ELF): f (x.c:1)" in str(err.value)

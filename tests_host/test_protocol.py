@@ -319,6 +319,11 @@ def test_a_reset_before_the_model_is_loaded_says_so():
     assert _problems(text)[0].startswith("board reset before the model was loaded (line 8: abort() was called")
 
 
+def test_a_reset_between_before_load_and_after_load_is_in_esp_dls_loader():
+    text = _insert_after(lambda line: "stage=before_load" in line, "assert failed: 0x42050421 <cached disabled>:328\n")
+    assert _problems(text)[0].startswith("board reset while ESP-DL loaded the model (line ")
+
+
 def test_a_corrupt_line_is_reported_with_its_number_and_never_used():
     damaged = TRANSCRIPT.replace("data=1893,-402", "data=1893,-403")
     run = p.parse_transcript(damaged)

@@ -22,8 +22,11 @@ EXPECTED = {  # fault -> what the failure must say
     "stale_image": [r"the board runs another model: it loaded sha256 [0-9a-f]{64} \(its app says variant=(mixed|balanced)\)"],
     "model_refused": [r"the test app reported ERROR code=model_load msg=ESP-DL could not load the model",
                       r"ESP-IDF's last error log: E \(\d+\) FbsLoader: This is a cryptographic model, please enter the secret key!"],
-    "model_assert": [r"the board reset .*\(panic: assert failed: create_fbs_model fbs_loader\.cpp:\d+ \(mode == 0 \|\| mode == 1\)\)",
-                     r"backtrace \(decoded with the app's ELF\): .*create_fbs_model"],
+    # (ESP-IDF's panic handler prints the assert's function and file as addresses: "assert failed: 0x4205... <cached
+    # disabled>:328"; the decoded backtrace names them)
+    "model_assert": [r"the board reset while ESP-DL loaded the model \(panic: assert failed: 0x[0-9a-f]+ .*:328",
+                     r"backtrace \(decoded with the app's ELF\): panic_abort \(panic\.c:\d+\) <- .*"
+                     r"fbs::create_fbs_model\(.*\) \(fbs_loader\.cpp:328.* <- app_main \(app_main\.cpp:\d+"],
 }
 
 

@@ -616,8 +616,10 @@ class TranscriptParser:
             return "after the runs (during the intermediate dump or model->test())", None
         if self._last_vec is not None:
             return f"after vector {self._last_vec} had finished", None
-        if run.model is None:
+        if run.model is None or "before_load" not in run.memory:
             return "before the model was loaded", None
+        if "after_load" not in run.memory:
+            return "while ESP-DL loaded the model", None
         return "after loading the model, before the first vector", None
 
     def _log_line(self, raw: str) -> None:

@@ -91,6 +91,26 @@ def _stop_reading(run: protocol.BoardRun) -> bool:
     return bool(run.resets or run.foreign)
 
 
+PANIC_TAIL_S = 3.0  # after a panic's first line: how long to wait for the panic handler's `Backtrace:` line
+
+
+def _read_backtrace(source, session: protocol.TranscriptParser) -> None:
+    """After a panic marker, keep reading (bounded) until its backtrace line arrives, so it can be decoded."""
+    run = session.run
+    first = run.resets[0] if run.resets else None
+    if first is None or first.marker not in protocol.PANIC_MARKERS:
+        return
+    end = time.monotonic() + PANIC_TAIL_S
+    while not any(m.reason == "Backtrace:" and m.line_no >= first.line_no for m in run.markers):
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            session.feed(source.read(left))
+        except Silence:
+            return
+
+
 def run_board(dut: Any, board: Board, *, dump: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
               total_s: float | None = None, again: bool = False) -> protocol.BoardRun:
     """One session: `board.reset` (`again`: not the first session of this dut), wait for READY, send
@@ -107,6 +127,7 @@ def run_board(dut: Any, board: Board, *, dump: bool = False, timeout_s: float = 
             dut.write("run dump" if dump else "run")
             _read(source, dut, session, lambda r: r.end is not None or _stop_reading(r),
                   phase="waiting for the results (until END)", timeout_s=timeout_s, deadline=deadline)
+        _read_backtrace(source, session)
     finally:
         source.close()
     run = session.finish()
