@@ -104,6 +104,8 @@ def test_one_ci_config_per_variant_naming_that_variant():
     assert sorted(configs) == sorted(qf.VARIANTS)
     for variant, path in configs.items():
         assert _sdkconfig(path)["CONFIG_GM_VARIANT"] == variant, f"{path.name} builds another variant"
+    for path in [*FW.glob("sdkconfig.ci.*"), *FW.glob("sdkconfig.defaults*"), FW / "sdkconfig.qemu"]:
+        assert "CONFIG_GM_SELFTEST_ONLY" not in _sdkconfig(path), f"{path.name}: a calibration build runs no vectors"
 
 
 def test_firmware_version_is_the_quant_version():
@@ -443,7 +445,7 @@ def _trees_or_skip():
         pytest.skip(f"firmware syntax check {TREES_HOWTO}")
 
 
-@pytest.mark.parametrize("run_mode", ["GM_RUN_SINGLE_CORE", "GM_RUN_MULTI_CORE"])
+@pytest.mark.parametrize("run_mode", ["GM_RUN_SINGLE_CORE", "GM_RUN_MULTI_CORE", "GM_RUN_SINGLE_CORE GM_SELFTEST_ONLY"])
 def test_firmware_sources_compile_against_the_real_esp_idf_and_esp_dl_headers(tmp_path, run_mode):
     _trees_or_skip()
     names = ["stub"]
@@ -454,7 +456,7 @@ def test_firmware_sources_compile_against_the_real_esp_idf_and_esp_dl_headers(tm
         "static const char *const kGmVectorNames[GM_VECTOR_COUNT] = {"
         + ", ".join(f'"{n}"' for n in names) + "};\n"
     )
-    defines = [d for d in _kconfig_defines() if not d.startswith("-DCONFIG_GM_RUN_")] + [f"-DCONFIG_{run_mode}=1"]
+    defines = [d for d in _kconfig_defines() if not d.startswith("-DCONFIG_GM_RUN_")] + [f"-DCONFIG_{m}=1" for m in run_mode.split()]
     env = dict(os.environ, FWCHECK_WERROR="1",
                FWCHECK_EXTRA_COMPONENTS="esp_driver_uart esp_driver_usb_serial_jtag vfs",
                FWCHECK_EXTRA_CXXFLAGS=" ".join([f"-I{tmp_path}", '-DGM_ESPDL_VERSION="3.3.9"', *defines]))
