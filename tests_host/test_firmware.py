@@ -379,6 +379,8 @@ def test_an_app_larger_than_its_partition_fails_the_build_and_leaves_the_info(fa
     assert str(exc.value) == ("the balanced app is 7340033 B, more than its 7340032 B factory partition "
                               "(firmware/partitions.csv): make the model smaller or the partition larger (the flash is 8 MB)")
     assert info.read_text() == before
+    assert firmware.needs_build("balanced") == ("firmware/build_esp32s3_balanced has no gesture_test_app.bin "
+                                                "(not built yet)")  # so no board flashes it
 
 
 def test_the_qemu_boards_faults_are_made_from_the_real_qemu_builds(fake_repo):
