@@ -18,7 +18,27 @@ from quant.folder import VARIANTS, load_budgets, variant_file
 pytestmark = [pytest.mark.board, pytest.mark.esp32s3, pytest.mark.parametrize("config", VARIANTS, indirect=True)]
 
 
+def another_model(board) -> str | None:
+    """Why this run says nothing about the variant: the board loaded another model than the committed .espdl."""
+    espdl = variant_file(board.variant, ".espdl", board.models)
+    committed = hashlib.sha256(espdl.read_bytes()).hexdigest()
+    ran, says = board.run.model_sha256, board.run.boot.get("variant")
+    if ran == committed:
+        return None
+    return (f"{board.variant}: the board runs another model: it loaded sha256 {ran} (its app says variant={says}), the "
+            f"committed {espdl.name} is {committed}; the flash is stale: rebuild and reflash "
+            f"firmware/build_esp32s3_{board.variant} (pytest rebuilds it when ESP-IDF is installed)")
+
+
+def same_model(board):
+    """Every check of a run is about the committed model: a board that runs another one fails them all with that."""
+    stale = another_model(board)
+    if stale:
+        pytest.fail(f"not checked: {stale}", pytrace=False)
+
+
 def test_outputs_match_simulator(board):
+    same_model(board)
     if board.compare_error:
         pytest.fail(f"{board.variant}: {board.compare_error}", pytrace=False)
     if not board.verdict.ok:
@@ -29,19 +49,13 @@ def test_outputs_match_simulator(board):
 
 
 def test_model_hash_matches_committed_espdl(board):
-    espdl = variant_file(board.variant, ".espdl", board.models)
-    committed = hashlib.sha256(espdl.read_bytes()).hexdigest()
-    ran, says = board.run.model_sha256, board.run.boot.get("variant")
-    if ran != committed:
-        pytest.fail(
-            f"{board.variant}: the board runs another model: it loaded sha256 {ran} (its app says variant={says}), the committed "
-            f"{espdl.name} is {committed}; the flash is stale: rebuild and reflash "
-            f"firmware/build_esp32s3_{board.variant} (pytest rebuilds it when ESP-IDF is installed)",
-            pytrace=False,
-        )
+    stale = another_model(board)
+    if stale:
+        pytest.fail(stale, pytrace=False)
 
 
 def test_selftest_passed(board):
+    same_model(board)
     if board.run.selftest == "fail" and board.selftest_note:
         pytest.xfail(f"{board.variant}: ESP-DL model->test() failed: {board.selftest_note}")
     if board.run.selftest != "pass":
@@ -54,6 +68,7 @@ def test_selftest_passed(board):
 
 
 def test_latency_within_budget(board):
+    same_model(board)
     if board.claims == "emulated":
         pytest.skip(f"{board.variant}: latency on an emulated board is emulator time, not chip time: not gated")
     problems = budgets.check(budgets.measure(board.run), load_budgets(board.variant, board.models), ("latency_us",),
@@ -63,6 +78,7 @@ def test_latency_within_budget(board):
 
 
 def test_memory_within_budget(board):
+    same_model(board)
     problems = budgets.check(budgets.measure(board.run), load_budgets(board.variant, board.models),
                              ("internal_ram_bytes", "psram_bytes", "flash_bytes"),
                              claims=board.claims, variant=board.variant)
