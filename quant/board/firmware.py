@@ -8,6 +8,8 @@ the cache variable GM_MODELS_DIR (firmware/main/CMakeLists.txt).
 
 Used by the target tests at a bench (quant.board.boards.ChipBoard): `needs_build(variant, models)` says
 why a build folder is missing or stale (None when it is up to date) and `build(variant, models)` rebuilds it.
+After each build `idf.py size --format json2` gives the app's real sizes: the build fails when the app does
+not fit, and a chip build's figures become the `[build]` table of the variant's .info (quant.folder.record_build).
 """
 
 from __future__ import annotations
