@@ -245,10 +245,10 @@ def render_build(record: Mapping) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _split_build(text: str) -> tuple[str, str]:
-    """(the .info text without its [build] table, that table's text or '')."""
+def _without_build(text: str) -> str:
+    """The .info text without its [build] table (the table is last: see the digest contract)."""
     cut = text.find("\n" + BUILD_TABLE)
-    return (text, "") if cut < 0 else (text[: cut + 1].rstrip("\n") + "\n", text[cut + 1:])
+    return text if cut < 0 else text[: cut + 1].rstrip("\n") + "\n"
 
 
 def read_build(variant: str, models: Path = MODELS) -> dict | None:
@@ -269,8 +269,7 @@ def kept_build(variant: str, models: Path, espdl_sha: str) -> dict | None:
 def record_build(variant: str, models: Path, record: Mapping) -> Path:
     """Replace the [build] table of a variant's .info with `record` (the rest is kept byte for byte)."""
     path = variant_file(variant, ".info", models)
-    text, _ = _split_build(path.read_text())
-    out = text + render_build(record)
+    out = _without_build(path.read_text()) + render_build(record)
     if tomllib.loads(out).get("build") != stable(dict(record)):  # never write a file we cannot read back exactly
         raise UserError(f"could not write the [build] table of {path}; rebuild it with `quant build`")
     write_text_atomic(path, out)

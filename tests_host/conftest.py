@@ -124,12 +124,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     modules = list(dict.fromkeys(item.module for item in session.items))
     names = list(dict.fromkeys(n for m in modules for n in getattr(m, "OPGEN_NAMES", ())))
-    cache = getattr(config, "cache", None)
-    if names and cache is not None:  # (without pytest's cache the fixtures generate into temporary folders)
+    if names:  # (opgen imports torch: only when a selected test needs its models)
         import opgen
 
-        root = cache.mkdir("espdl_opgen")
-        missing = [n for n in names if not (root / opgen.cache_key() / f"{n}.espdl").is_file()]
+        root = opgen.pytest_cache_root(config)  # (None without pytest's cache: the fixtures use temporary folders)
+        missing = [n for n in names if root is not None and not opgen.cached_path(n, root).is_file()]
         if missing:
             start_job(config, "opgen", [sys.executable, str(Path(__file__).with_name("opgen.py")), "--cache",
                                         str(root), *missing])

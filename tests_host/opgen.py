@@ -8,6 +8,7 @@ Used by tests_host/test_single_ops.py; also runnable: `python tests_host/opgen.p
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -339,6 +340,7 @@ def _value_names(model: nn.Module, x: torch.Tensor, out_dir: Path) -> list[str]:
     return [o for n in graph.node if n.op_type != "Constant" for o in n.output if o.startswith("/") or o in outputs]
 
 
+@functools.cache  # (it reads this file and two package versions: once per process)
 def cache_key() -> str:
     """Changes when this file or the quantizer changes (so cached models are regenerated)."""
     import hashlib
@@ -348,10 +350,20 @@ def cache_key() -> str:
     return hashlib.sha256(src).hexdigest()[:16]
 
 
+def pytest_cache_root(config) -> Path | None:
+    """The models' folder in pytest's cache (they survive between runs), or None with -p no:cacheprovider."""
+    cache = getattr(config, "cache", None)
+    return cache.mkdir("espdl_opgen") if cache is not None else None
+
+
 def cache_root(request, tmp_path_factory) -> Path:
-    """pytest's cache folder (models survive between runs), or a temporary one with -p no:cacheprovider."""
-    cache = getattr(request.config, "cache", None)
-    return cache.mkdir("espdl_opgen") if cache is not None else tmp_path_factory.mktemp("espdl_opgen")
+    """pytest's cache folder, or a temporary one with -p no:cacheprovider."""
+    return pytest_cache_root(request.config) or tmp_path_factory.mktemp("espdl_opgen")
+
+
+def cached_path(name: str, root: Path) -> Path:
+    """Where `cached` keeps the model `name` under `root` (a folder per cache_key())."""
+    return Path(root) / cache_key() / f"{name}.espdl"
 
 
 def cached(names, root: Path) -> dict[str, Path]:
@@ -359,12 +371,12 @@ def cached(names, root: Path) -> dict[str, Path]:
     process is generating (the run's background prefetch, tests_host/conftest.py) is waited for, not redone."""
     import fcntl
 
-    folder = Path(root) / cache_key()
-    folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in names:
-        path = folder / f"{name}.espdl"
+        path = cached_path(name, root)
+        folder = path.parent
         if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
             with open(folder / f".{name}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # held by whoever generates `name`
                 if not path.is_file():  # export into a scratch folder, then publish atomically

@@ -193,16 +193,18 @@ def build(variant: str, models: Path | None = None, qemu: bool = False) -> Path:
         raise UserError(f"the {variant} firmware built, but `idf.py size` failed (exit {size.returncode}: {last}); {fix}")
     record = build_record(variant, folder, models)
     print(f"[firmware] {variant}: {describe(record)}", flush=True)
-    if record["app_bytes"] > record["app_partition_bytes"]:
-        (folder / f"{PROJECT}.bin").unlink()  # never flashed as if it were built (needs_build: not built)
-        raise UserError(f"the {variant} app is {record['app_bytes']} B, more than its "
-                        f"{record['app_partition_bytes']} B factory partition (firmware/partitions.csv): make the "
-                        f"model smaller or the partition larger (the flash is {FLASH_BYTES // 2**20} MB)")
     over = [m for m in record["memory"] if m["total"] and m["used"] > m["total"]]
-    if over:
-        (folder / f"{PROJECT}.bin").unlink()
-        raise UserError(f"the {variant} app does not fit the chip's {over[0]['name']}: {over[0]['used']} B of "
-                        f"{over[0]['total']} B (esp-idf-size, {_rel(folder / SIZE_FILE)})")
+    misfit = None
+    if record["app_bytes"] > record["app_partition_bytes"]:
+        misfit = (f"the {variant} app is {record['app_bytes']} B, more than its {record['app_partition_bytes']} B "
+                  f"factory partition (firmware/partitions.csv): make the model smaller or the partition larger "
+                  f"(the flash is {FLASH_BYTES // 2**20} MB)")
+    elif over:
+        misfit = (f"the {variant} app does not fit the chip's {over[0]['name']}: {over[0]['used']} B of "
+                  f"{over[0]['total']} B (esp-idf-size, {_rel(folder / SIZE_FILE)})")
+    if misfit:
+        (folder / f"{PROJECT}.bin").unlink()  # never flashed as if it were built (needs_build: not built)
+        raise UserError(misfit)
     if not qemu:  # the QEMU configuration is not the app a chip runs: its sizes stay in its build folder
         qf.record_build(variant, models, record)
     return folder

@@ -94,14 +94,20 @@ def _stop_reading(run: protocol.BoardRun) -> bool:
 PANIC_TAIL_S = 3.0  # after a panic's first line: how long to wait for the panic handler's `Backtrace:` line
 
 
+def _backtrace(run: protocol.BoardRun) -> str | None:
+    """The `Backtrace:` line of the run's first reset (a panic), if it has arrived."""
+    first = run.resets[0] if run.resets else None
+    return next((m.text for m in run.markers if m.reason == "Backtrace:" and m.line_no >= first.line_no), None) \
+        if first is not None else None
+
+
 def _read_backtrace(source, session: protocol.TranscriptParser) -> None:
     """After a panic marker, keep reading (bounded) until its backtrace line arrives, so it can be decoded."""
     run = session.run
-    first = run.resets[0] if run.resets else None
-    if first is None or first.marker not in protocol.PANIC_MARKERS:
+    if not run.resets or run.resets[0].marker not in protocol.PANIC_MARKERS:
         return
     end = time.monotonic() + PANIC_TAIL_S
-    while not any(m.reason == "Backtrace:" and m.line_no >= first.line_no for m in run.markers):
+    while _backtrace(run) is None:
         left = end - time.monotonic()
         if left <= 0:
             return
@@ -143,7 +149,7 @@ def _explain(run: protocol.BoardRun, problems: list[str], dut: Any, board: Board
         r = run.resets[0]
         kind = "panic" if any(m in r.evidence for m in protocol.PANIC_MARKERS) else "reset"
         head = f"the board reset {r.where} ({kind}: {r.evidence.strip()[:120]})"
-        trace = next((m.text for m in run.markers if m.reason == "Backtrace:" and m.line_no >= r.line_no), None)
+        trace = _backtrace(run)
         frames = board.decode_backtrace(dut, trace) if trace else None
         if frames:
             extra.append(f"  backtrace (decoded with the app's ELF): {frames}")
